@@ -1,0 +1,6 @@
+"""``python -m damage_lightning``: the command line."""
+
+from damage_lightning.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Run folder helpers: atomic file writes, JSON, checksums and stdout capture into training_log.txt."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+TMP_PREFIX = ".tmp-"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one.
+
+    The bytes go to a temporary file in the same folder, are flushed and fsynced, then renamed over
+    the target; the rename is atomic on POSIX file systems.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 text (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy and torch scalars/arrays reach the JSON files through metrics; store them as numbers.
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _finite(obj: Any) -> Any:
+    # JSON has no NaN/inf; write null so every file parses with strict readers.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Turn numpy/torch values into plain JSON values (NaN and inf become ``None``)."""
+    return _finite(json.loads(json.dumps(obj, default=_json_default)))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented, strictly valid JSON (UTF-8, non-ASCII kept)."""
+    text = json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Return the hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_writable(folder: str | os.PathLike, probe_bytes: int = 1 << 20) -> None:
+    """Fail early, with a clear message, when ``folder`` cannot take the run's files.
+
+    A probe file of ``probe_bytes`` is written, fsynced and removed, which catches read-only
+    folders, permission problems and full disks before any training time is spent.
+    """
+    from damage_lightning.errors import OutputLocationError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + "probe.", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(b"\0" * probe_bytes)
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise OutputLocationError(
+            f"{folder}: cannot write the run folder here ({exc.strerror or exc})"
+        ) from exc
+
+
+class _Tee:
+    """A text stream that writes to the terminal and to a log file at once."""
+
+    def __init__(self, stream: TextIO, log: TextIO, lock: threading.Lock):
+        self._stream = stream
+        self._log = log
+        self._lock = lock
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            with contextlib.suppress(ValueError, OSError):
+                self._log.write(text)
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+        with self._lock, contextlib.suppress(ValueError, OSError):
+            self._log.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def capture_output(log_path: str | os.PathLike) -> Iterator[Path]:
+    """Copy everything printed (stdout, stderr, and Python logging) into ``log_path``, live.
+
+    The terminal still shows everything. On exit the previous streams and logging handlers are
+    restored exactly, so two captures in one process (two ``run_training`` calls) do not interfere.
+    Secrets are never printed by this package, so the log holds nothing the terminal did not show.
+    """
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+    fh = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed below)
+    old_out, old_err = sys.stdout, sys.stderr
+    sys.stdout = _Tee(old_out, fh, lock)  # type: ignore[assignment]
+    sys.stderr = _Tee(old_err, fh, lock)  # type: ignore[assignment]
+    handler = logging.StreamHandler(fh)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    try:
+        yield log_path
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        sys.stdout, sys.stderr = old_out, old_err
+        with lock:
+            fh.close()
