@@ -1,0 +1,1 @@
+"""Everything from CSV files to spectrogram batches."""

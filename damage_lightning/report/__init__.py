@@ -1,0 +1,1 @@
+"""The PDF training report and its analysis (imported lazily: training does not need reportlab)."""
