@@ -116,23 +116,38 @@ def check_writable(folder: str | os.PathLike, probe_bytes: int = 1 << 20) -> Non
 
 
 class _Tee:
-    """A text stream that writes to the terminal and to a log file at once."""
+    """A text stream that writes to the terminal and, line by line, to a log file.
+
+    Progress bars redraw a line with carriage returns many times a second; the log keeps only
+    the final state of each such line, so it stays readable and small.
+    """
 
     def __init__(self, stream: TextIO, log: TextIO, lock: threading.Lock):
         self._stream = stream
         self._log = log
         self._lock = lock
+        self._partial = ""
 
     def write(self, text: str) -> int:
         with self._lock:
-            with contextlib.suppress(ValueError, OSError):
-                self._log.write(text)
+            self._partial += text
+            if "\n" in self._partial:
+                *lines, self._partial = self._partial.split("\n")
+                with contextlib.suppress(ValueError, OSError):
+                    self._log.write("".join(line.rsplit("\r", 1)[-1] + "\n" for line in lines))
         return self._stream.write(text)
 
     def flush(self) -> None:
         self._stream.flush()
         with self._lock, contextlib.suppress(ValueError, OSError):
             self._log.flush()
+
+    def close_log(self) -> None:
+        """Write what is left of an unfinished line."""
+        with self._lock, contextlib.suppress(ValueError, OSError):
+            if self._partial:
+                self._log.write(self._partial.rsplit("\r", 1)[-1] + "\n")
+                self._partial = ""
 
     def isatty(self) -> bool:
         return self._stream.isatty()
@@ -157,8 +172,8 @@ def capture_output(log_path: str | os.PathLike) -> Iterator[Path]:
     lock = threading.Lock()
     fh = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed below)
     old_out, old_err = sys.stdout, sys.stderr
-    sys.stdout = _Tee(old_out, fh, lock)  # type: ignore[assignment]
-    sys.stderr = _Tee(old_err, fh, lock)  # type: ignore[assignment]
+    tees = (_Tee(old_out, fh, lock), _Tee(old_err, fh, lock))
+    sys.stdout, sys.stderr = tees  # type: ignore[assignment]
     handler = logging.StreamHandler(fh)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
@@ -173,5 +188,7 @@ def capture_output(log_path: str | os.PathLike) -> Iterator[Path]:
         root.removeHandler(handler)
         root.setLevel(old_level)
         sys.stdout, sys.stderr = old_out, old_err
+        for tee in tees:
+            tee.close_log()
         with lock:
             fh.close()

@@ -1,0 +1,335 @@
+"""The command line: LightningCLI (fit/validate/test/predict/export) plus ``data synth`` and ``report``.
+
+``main(args=None)`` is what ``python -m damage_lightning`` runs; tests call ``main([...])``
+in-process. Bad input ends with one or two lines on stderr and exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from damage_lightning.artifacts import atomic_write_text, capture_output, check_writable
+from damage_lightning.callbacks import RunArtifacts, finalize_run, write_predictions
+from damage_lightning.data.datamodule import DamageDataModule
+from damage_lightning.errors import (
+    DataValidationError,
+    ExportVerificationError,
+    OutputLocationError,
+)
+from damage_lightning.models.base import DamageClassifier
+
+RUN_NAME_ENV = "DAMAGE_LIGHTNING_RUN_NAME"
+DEFAULT_ROOT = "models"
+USER_ERRORS = (DataValidationError, OutputLocationError, ExportVerificationError)
+
+
+class DamageTrainer(Trainer):
+    """Lightning's Trainer with an ``export`` subcommand for the CLI."""
+
+    def export(
+        self,
+        model: DamageClassifier,
+        datamodule: DamageDataModule | None = None,
+        ckpt_path: str | None = None,
+    ) -> dict[str, Any]:
+        """Export a checkpoint to ONNX and TorchScript (waveform in), verified against eager.
+
+        Args:
+            model: the model described by the config (its weights come from ``ckpt_path``).
+            datamodule: the data module of the config (unused: the checkpoint carries the front end).
+            ckpt_path: checkpoint to export: ``best``, ``last`` or a file.
+        """
+        from damage_lightning.export import deployable_from_checkpoint, export_all
+
+        if not ckpt_path:
+            raise OutputLocationError("export needs --ckpt_path (best, last or a checkpoint file)")
+        out_dir = Path(
+            getattr(self, "_export_dir", None) or Path(ckpt_path).parent.parent / "export"
+        )
+        check_writable(out_dir)
+        deployable, info = deployable_from_checkpoint(ckpt_path)
+        from damage_lightning.export import build_metadata
+
+        metadata = build_metadata(
+            info["class_names"],
+            info["channels"],
+            info["sample_rate"],
+            info["window"],
+            info["hop"],
+            info["frontend_settings"],
+        )
+        result = export_all(deployable, out_dir, len(info["channels"]), info["window"], metadata)
+        for kind, entry in result.items():
+            print(f"{kind}: {entry['path']}")
+        return result
+
+
+def _is_rank_zero() -> bool:
+    # Environment, not the trainer: this runs before the trainer exists (DDP workers inherit it).
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _short_model_name(class_path: str) -> str:
+    name = class_path.rsplit(".", 1)[-1]
+    name = re.sub(r"(Classifier|Model)$", "", name) or name
+    return name.lower()
+
+
+def _latest_run(root: Path) -> Path | None:
+    runs = [p.parent.parent for p in root.glob("*/checkpoints/last.ckpt")]
+    return max(runs, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime, default=None)
+
+
+class DamageCLI(LightningCLI):
+    """LightningCLI with run folders, argument links from the data, export and reporting."""
+
+    def __init__(
+        self, *args: Any, exit_stack: contextlib.ExitStack | None = None, **kwargs: Any
+    ) -> None:
+        self.run_dir: Path | None = None
+        self._exit_stack = exit_stack
+        self.started = time.time()
+        kwargs.setdefault("model_class", DamageClassifier)
+        kwargs.setdefault("datamodule_class", DamageDataModule)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("trainer_class", DamageTrainer)
+        kwargs.setdefault("save_config_callback", None)
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands plus ``export``."""
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Run naming, output paths, report options and links from the data into the model."""
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Run folder name under trainer.default_root_dir (default <model>-<timestamp>).",
+        )
+        parser.add_argument(
+            "--output",
+            type=str | None,
+            default=None,
+            help="predict: folder for the prediction CSVs; export: folder for the exported files.",
+        )
+        parser.add_argument(
+            "--report.enabled", type=bool, default=True, help="Write the PDF report."
+        )
+        parser.add_argument(
+            "--report.llm", type=bool, default=True, help="Ask Claude for the analysis."
+        )
+        parser.add_argument(
+            "--report.model",
+            type=str | None,
+            default=None,
+            help="Claude model (default: $DAMAGE_LIGHTNING_LLM_MODEL or a current Sonnet).",
+        )
+        parser.add_argument(
+            "--report.timeout", type=float, default=60.0, help="Overall LLM time limit, s."
+        )
+        parser.add_argument(
+            "--report.max_retries", type=int, default=2, help="LLM retries within the limit."
+        )
+        for attr in ("num_classes", "in_channels", "input_shape", "class_names"):
+            parser.link_arguments(f"data.{attr}", f"model.init_args.{attr}", apply_on="instantiate")
+        parser.set_defaults({"trainer.default_root_dir": DEFAULT_ROOT})
+
+    # ------------------------------------------------------------------ run folder
+    def before_instantiate_classes(self) -> None:
+        """Decide the run folder before anything is built, and check it can be written."""
+        cfg = self.config[self.subcommand]
+        root = Path(cfg.trainer.default_root_dir or DEFAULT_ROOT).expanduser()
+        ckpt = cfg.get("ckpt_path")
+        run_dir: Path | None = None
+        if ckpt in ("best", "last"):
+            run_dir = root / cfg.run_name if cfg.run_name else _latest_run(root)
+            if run_dir is None:
+                raise OutputLocationError(
+                    f"{root}: no run with checkpoints/last.ckpt to take --ckpt_path {ckpt} from; "
+                    "pass --run_name or a checkpoint file"
+                )
+            file = run_dir / "checkpoints" / f"{ckpt}.ckpt"
+            if not file.is_file():
+                raise OutputLocationError(f"{file}: checkpoint not found")
+            cfg.ckpt_path = str(file)
+        elif ckpt:
+            file = Path(ckpt).expanduser()
+            if not file.is_file():
+                raise OutputLocationError(f"{file}: checkpoint not found")
+            if file.parent.name == "checkpoints":
+                run_dir = file.parent.parent
+        if run_dir is None and self.subcommand == "fit":
+            run_dir = self._new_run_dir(root, cfg)
+        self.run_dir = run_dir
+        if run_dir is not None and self.subcommand in ("fit", "export", "predict"):
+            check_writable(run_dir)
+        if run_dir is not None:
+            cfg.trainer.default_root_dir = str(run_dir)
+            os.environ[RUN_NAME_ENV] = run_dir.name
+            if self.subcommand == "fit" and self._exit_stack is not None and _is_rank_zero():
+                # Everything printed from here on also lands in the run's training_log.txt.
+                self._exit_stack.enter_context(capture_output(run_dir / "training_log.txt"))
+
+    def _new_run_dir(self, root: Path, cfg: Any) -> Path:
+        inherited = os.environ.get(RUN_NAME_ENV) if "LOCAL_RANK" in os.environ else None
+        if inherited:
+            # A DDP worker process: rank zero chose (and created) the folder already.
+            return root / inherited
+        if cfg.run_name:
+            run_dir = root / cfg.run_name
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise OutputLocationError(
+                    f"{run_dir}: a run folder of this name exists; choose another --run_name, "
+                    "or resume it with --ckpt_path"
+                )
+            return run_dir
+        name = f"{_short_model_name(cfg.model.class_path)}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir, n = root / name, 1
+        while run_dir.exists():
+            n += 1
+            run_dir = root / f"{name}-{n}"
+        return run_dir
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Log to the run folder's metrics.csv and checkpoint into its ``checkpoints/``."""
+        cfg = self.config[self.subcommand]
+        if self.run_dir is not None and cfg.trainer.get("logger") in (None, True):
+            kwargs["logger"] = CSVLogger(save_dir=str(self.run_dir), name="", version="")
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.run_dir is not None:
+            for cb in trainer.checkpoint_callbacks:
+                if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+                    cb.dirpath = str(self.run_dir / "checkpoints")
+            if self.subcommand == "fit" and not any(
+                isinstance(cb, RunArtifacts) for cb in trainer.callbacks
+            ):
+                trainer.callbacks.append(RunArtifacts(self.run_dir))
+        return trainer
+
+    # ----------------------------------------------------------------- subcommands
+    def before_fit(self) -> None:
+        """Save the resolved config into the run folder (rank zero, atomically)."""
+        assert self.run_dir is not None
+        if _is_rank_zero():
+            text = self._parser("fit").dump(self.config["fit"], skip_none=False)
+            atomic_write_text(self.run_dir / "config.yaml", text)
+
+    def after_fit(self) -> None:
+        """Test with the best checkpoint, then write the model card, exports and report."""
+        trainer, model, dm = self.trainer, self.model, self.datamodule
+        if trainer.interrupted:
+            return
+        best = ""
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.best_model_path:
+                best = cb.best_model_path
+                break
+        trainer.test(model, datamodule=dm, ckpt_path=best or None)
+        if not trainer.is_global_zero:
+            return
+        assert self.run_dir is not None
+        report = self.config["fit"].report
+        finalize_run(
+            trainer,
+            model,
+            dm,
+            self.run_dir,
+            best_checkpoint=best,
+            seed=self.config["fit"].seed_everything,
+            started=self.started,
+            report=report.as_dict() if hasattr(report, "as_dict") else dict(report),
+        )
+
+    def predict(self, **kwargs: Any) -> None:
+        """Predict and write per-window and per-recording CSVs."""
+        kwargs["return_predictions"] = True
+        outputs = self.trainer.predict(**kwargs)
+        if not self.trainer.is_global_zero or not outputs:
+            return
+        out = self.config["predict"].output
+        out_dir = Path(out) if out else (self.run_dir or Path.cwd())
+        paths = write_predictions(outputs, self.datamodule, out_dir)
+        for p in paths:
+            print(f"predictions: {p}")
+
+    def export(self, **kwargs: Any) -> None:
+        """Export the checkpoint given by ``--ckpt_path`` (into ``--output`` or the run's ``export/``)."""
+        self.trainer._export_dir = self.config["export"].output  # type: ignore[attr-defined]
+        self.trainer.export(**kwargs)
+
+
+def _data_command(argv: list[str]) -> int:
+    if argv[:1] != ["synth"]:
+        print(
+            "usage: python -m damage_lightning data synth --out DIR [--seed N] "
+            "[--recordings-per-class N]",
+            file=sys.stderr,
+        )
+        return 2
+    from damage_lightning.data.synthetic import main_synth
+
+    return main_synth(argv[1:])
+
+
+def _report_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m damage_lightning report",
+        description="Write (or rewrite) the PDF report of an existing run folder.",
+    )
+    parser.add_argument("--run_dir", required=True, help="the run folder")
+    parser.add_argument("--no-llm", dest="llm", action="store_false", help="offline analysis only")
+    parser.add_argument("--llm-model", default=None, help="Claude model name")
+    parser.add_argument("--timeout", type=float, default=60.0, help="overall LLM time limit, s")
+    parser.add_argument("--max-retries", type=int, default=2, help="LLM retries within the limit")
+    ns = parser.parse_args(argv)
+    run_dir = Path(ns.run_dir)
+    if not (run_dir / "model_info.json").is_file():
+        raise OutputLocationError(f"{run_dir}: not a run folder (no model_info.json)")
+    from damage_lightning.report.build import generate_report
+
+    result = generate_report(
+        run_dir, llm=ns.llm, llm_model=ns.llm_model, timeout=ns.timeout, max_retries=ns.max_retries
+    )
+    print(f"analysis: {result.analysis_source}")
+    if result.fallback_reason:
+        print(f"  ({result.fallback_reason})")
+    print(f"report: {result.pdf_path}")
+    return 0
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the command line; ``args`` defaults to ``sys.argv[1:]``.
+
+    Returns 0 on success. Bad input, an unusable output folder or a failed export verification
+    print a short message and raise ``SystemExit(2)``.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        if argv[:1] == ["data"]:
+            return _data_command(argv[1:])
+        if argv[:1] == ["report"]:
+            return _report_command(argv[1:])
+        with contextlib.ExitStack() as stack:
+            DamageCLI(args=argv, exit_stack=stack)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return 0

@@ -1,0 +1,203 @@
+"""On-disk cache of parsed waveforms: one checksummed ``.npy`` per recording, memory-mapped on reuse.
+
+A second run over the same CSV files skips parsing entirely; any entry that does not verify is
+treated as missing, deleted and rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Bump when the layout of an entry or the meaning of a cached array changes; old entries then miss.
+CACHE_FORMAT_VERSION = 1
+
+#: How much of the source file is hashed from the start, the middle and the end.
+HASH_CHUNK = 1 << 20
+
+_SUBDIR = "waveforms"
+_TMP_PREFIX = ".tmp-"
+
+
+def default_cache_dir() -> Path:
+    """Return the cache folder used when none is configured.
+
+    ``$DAMAGE_LIGHTNING_CACHE`` when set (and not empty), otherwise ``~/.cache/damage_lightning``.
+    """
+    env = os.environ.get("DAMAGE_LIGHTNING_CACHE", "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path("~/.cache/damage_lightning").expanduser()
+
+
+def content_hash(path: Path, chunk: int = HASH_CHUNK) -> str:
+    """Hash the first, middle and last ``chunk`` bytes of a file (the whole file when smaller).
+
+    Reading three slices instead of the whole file keeps a cache look-up cheap for multi-GB
+    recordings. Together with size and ``mtime_ns`` (both also in the key) this catches every
+    realistic edit; an edit that keeps size and mtime and only touches unhashed bytes is not
+    detected, a trade-off taken for speed.
+
+    Args:
+        path: the file to hash.
+        chunk: bytes read at each of the three places.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size <= 3 * chunk:
+            h.update(fh.read())
+        else:
+            for offset in (0, (size - chunk) // 2, size - chunk):
+                fh.seek(offset)
+                h.update(fh.read(chunk))
+    return h.hexdigest()
+
+
+def _crc32(data: np.ndarray) -> int:
+    # zlib.crc32 releases the GIL on large buffers, so verifying in worker threads overlaps.
+    return zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B")) & 0xFFFFFFFF
+
+
+class WaveformCache:
+    """Parsed waveforms on disk, keyed by the source file and the settings that shaped the array.
+
+    Each entry is ``<slot>-<version>.npy`` (the float32 ``(channels, samples)`` array written with
+    ``np.save``) plus ``<slot>-<version>.json`` (shape, dtype, CRC32 of the array bytes, and the
+    caller's meta such as channel names and sample rate). ``slot`` hashes the absolute path and the
+    settings, ``version`` hashes size, ``mtime_ns`` and :func:`content_hash` of the file; an edited
+    file therefore gets a new entry and the stale one of the same slot is removed.
+
+    Entries are written to a temporary file and renamed into place, so readers never see half an
+    entry. They are not fsynced: every read verifies shape, dtype and CRC32, and a damaged entry
+    is simply rebuilt, which is cheaper than syncing on every write.
+
+    Args:
+        cache_dir: root folder of the cache; entries go into its ``waveforms/`` subfolder.
+    """
+
+    def __init__(self, cache_dir: str | Path):
+        self.root = Path(cache_dir).expanduser()
+        self.dir = self.root / _SUBDIR
+
+    def key(self, path: Path, settings: dict) -> str:
+        """Return the entry name for ``path`` parsed with ``settings``.
+
+        Args:
+            path: the source CSV file.
+            settings: everything that changes the parsed array (selected channels, target sample
+                rate, parser version, ...); must be JSON serialisable.
+        """
+        path = Path(path).resolve()
+        st = path.stat()
+        slot_src = json.dumps(
+            {"path": str(path), "settings": settings, "format": CACHE_FORMAT_VERSION},
+            sort_keys=True,
+            default=str,
+        )
+        slot = hashlib.blake2b(slot_src.encode("utf-8"), digest_size=10).hexdigest()
+        version_src = f"{st.st_size}:{st.st_mtime_ns}:{content_hash(path)}"
+        version = hashlib.blake2b(version_src.encode("utf-8"), digest_size=10).hexdigest()
+        return f"{slot}-{version}"
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        return self.dir / f"{key}.npy", self.dir / f"{key}.json"
+
+    def _drop(self, key: str) -> None:
+        for p in self._paths(key):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+    def get(self, path: Path, settings: dict) -> tuple[np.ndarray, dict] | None:
+        """Return the cached ``(array, meta)`` for ``path`` and ``settings``, or ``None``.
+
+        The array is a read-only memory map. A missing, truncated, garbled or otherwise
+        inconsistent entry returns ``None`` and is deleted so that the caller rebuilds it.
+
+        Args:
+            path: the source CSV file.
+            settings: as for :meth:`key`.
+        """
+        try:
+            key = self.key(path, settings)
+        except OSError:
+            return None
+        npy, side = self._paths(key)
+        if not npy.exists() and not side.exists():
+            return None
+        try:
+            info = json.loads(side.read_text(encoding="utf-8"))
+            if not isinstance(info, dict) or info.get("format") != CACHE_FORMAT_VERSION:
+                raise ValueError("sidecar format")
+            arr = np.load(npy, mmap_mode="r", allow_pickle=False)
+            if (
+                list(arr.shape) != list(info["shape"])
+                or str(arr.dtype) != info["dtype"]
+                or arr.ndim != 2
+                or not arr.flags.c_contiguous
+                or _crc32(arr) != int(info["crc32"])
+            ):
+                raise ValueError("entry does not match its sidecar")
+            meta = info["meta"]
+            if not isinstance(meta, dict):
+                raise ValueError("sidecar meta")
+        except (OSError, ValueError, KeyError, TypeError, EOFError):
+            self._drop(key)
+            return None
+        return arr, meta
+
+    def put(self, path: Path, settings: dict, data: np.ndarray, meta: dict) -> np.ndarray:
+        """Store ``data`` (float32, 2-D) with ``meta`` and return it memory-mapped from the cache.
+
+        Args:
+            path: the source CSV file.
+            settings: as for :meth:`key`.
+            data: the parsed waveform, ``(channels, samples)``.
+            meta: JSON-serialisable facts to return with the array on a hit.
+
+        Raises:
+            OSError: the cache folder cannot be written.
+        """
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        if data.ndim != 2:
+            raise ValueError(f"cache entries are 2-D (channels, samples), got shape {data.shape}")
+        key = self.key(path, settings)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        slot = key.split("-", 1)[0]
+        for stale in self.dir.glob(f"{slot}-*"):
+            # An earlier version of the same file with the same settings can never hit again.
+            if not stale.name.startswith(key + "."):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        npy, side = self._paths(key)
+        info: dict[str, Any] = {
+            "format": CACHE_FORMAT_VERSION,
+            "source": str(Path(path).resolve()),
+            "shape": list(data.shape),
+            "dtype": str(data.dtype),
+            "crc32": _crc32(data),
+            "meta": meta,
+        }
+        self._write_atomic(npy, lambda fh: np.save(fh, data, allow_pickle=False))
+        text = json.dumps(info, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        self._write_atomic(side, lambda fh: fh.write(text))
+        return np.load(npy, mmap_mode="r", allow_pickle=False)
+
+    def _write_atomic(self, target: Path, write: Any) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + target.name + ".", dir=self.dir)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise

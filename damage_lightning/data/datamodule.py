@@ -1,0 +1,566 @@
+"""DamageDataModule: recordings on disk to spectrogram batches, for the CLI, the runner and notebooks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+
+from damage_lightning.data import csv_io
+from damage_lightning.data.cache import default_cache_dir
+from damage_lightning.data.frontend import SpectrogramFrontend
+from damage_lightning.data.splits import SplitPlan, plan_splits
+from damage_lightning.data.windows import WindowBatchLoader, build_window_index, window_starts
+from damage_lightning.errors import DataValidationError, Problem
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+# Normalisation statistics are exact over the training windows up to this many windows; beyond
+# it a seeded subset is used (the statistics of a few ten thousand windows are already stable).
+MAX_NORM_WINDOWS = 50_000
+# Device-resident data may take at most this share of the free accelerator memory.
+DEVICE_MEMORY_SHARE = 0.25
+
+
+class _EpochHook:
+    """Lets Lightning's ``_set_sampler_epoch`` reach our loader, so shuffling follows the epoch.
+
+    Lightning calls ``dataloader.sampler.set_epoch(epoch)`` with the epoch count that survives a
+    resume; this keeps a resumed run's batch order identical to an uninterrupted one.
+    """
+
+    def __init__(self, loader: WindowBatchLoader):
+        self._loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self._loader.set_epoch(epoch)
+
+
+class DamageDataModule(pl.LightningDataModule):
+    """Labelled vibration recordings (CSV) as waveform windows and spectrogram batches.
+
+    With no ``data_dir`` the built-in simulated shear-frame dataset is generated once into the
+    cache folder and used. ``num_classes``, ``class_names``, ``in_channels`` and ``input_shape``
+    are available right after construction (read lazily from the files), so the CLI can link them
+    into the model before ``setup()``. Batches are ``(waveform, label)``; the spectrogram front
+    end runs on the accelerator in ``on_after_batch_transfer``, and ``spectrogram(waveform)``
+    gives the same spectrograms in a notebook.
+
+    Args:
+        data_dir: folder of recordings: ``<label>/<recording>.csv`` or a ``manifest.csv``
+            (columns ``path,label`` and optionally ``group``, ``split``, ``sample_rate``).
+            ``None`` uses the built-in simulated dataset.
+        manifest: manifest file (relative to ``data_dir`` or absolute) when not ``manifest.csv``.
+        channels: sensor columns to use, in this order; ``None`` takes all numeric columns.
+        sample_rate: sampling rate in Hz; ``None`` reads it from a ``time`` column or the manifest.
+            Recordings at another known rate are resampled to it.
+        window: window length in samples.
+        hop: step between windows in samples (``None``: half a window). Windows overlap only
+            within a split; they are cut after the split.
+        val_fraction: share of recordings (or blocks) for validation.
+        test_fraction: share of recordings (or blocks) for the test.
+        split_strategy: ``auto`` uses the manifest's ``split`` column when present, else
+            ``group`` when groups are given, else ``recording``, and ``block`` (contiguous blocks
+            of each recording with a one-window gap) when a class has too few recordings.
+        seed: seed of the split and of the shuffling.
+        spectrogram: ``mel`` (mel bands) or ``stft`` (linear frequency bins).
+        n_fft: FFT size of the spectrogram.
+        hop_length: hop of the spectrogram frames (``None``: ``n_fft // 4``).
+        n_mels: number of mel bands (``spectrogram: mel``).
+        f_min: lowest frequency kept, Hz.
+        f_max: highest frequency kept, Hz (``None``: Nyquist).
+        power: 2 for a power spectrogram, 1 for magnitude.
+        top_db: dynamic range kept below each example's peak, dB (``None``: no limit).
+        batch_size: windows per batch (per device).
+        num_workers: kept for API compatibility with DataLoader-based modules; batches are
+            gathered in the main process without per-window Python work, so workers are unused.
+        cache_dir: folder of the waveform cache and the built-in dataset (``None``:
+            ``$DAMAGE_LIGHTNING_CACHE`` or ``~/.cache/damage_lightning``).
+        class_weights: compute inverse-frequency class weights from the training windows
+            (used by the model when its ``use_class_weights`` is on).
+        device_data: keep the waveforms on the accelerator and cut batches there: ``auto``
+            does so on a GPU when the data take under a quarter of its free memory.
+        predict_data_dir: recordings to predict (a folder or one CSV); ``None`` predicts the
+            test split. Labels are taken from sub-folder names or a manifest when present.
+        synthetic_recordings_per_class: size of the built-in dataset (``data_dir: null``).
+        synthetic_seed: seed of the built-in dataset.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        manifest: str | None = None,
+        channels: list[str] | None = None,
+        sample_rate: float | None = None,
+        window: int = 1024,
+        hop: int | None = None,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_strategy: Literal["auto", "explicit", "group", "recording", "block"] = "auto",
+        seed: int = 42,
+        spectrogram: Literal["mel", "stft"] = "mel",
+        n_fft: int = 256,
+        hop_length: int | None = None,
+        n_mels: int = 64,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        power: float = 2.0,
+        top_db: float | None = 80.0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        class_weights: bool = False,
+        device_data: Literal["auto", "on", "off"] = "auto",
+        predict_data_dir: str | None = None,
+        synthetic_recordings_per_class: int = 24,
+        synthetic_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if window < 2:
+            raise ValueError(f"data.window must be at least 2 samples, got {window}")
+        self.hop = int(hop) if hop else max(1, window // 2)
+        if self.hop < 1:
+            raise ValueError(f"data.hop must be positive, got {hop}")
+        if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1:
+            raise ValueError("data.val_fraction and data.test_fraction must lie in [0, 1)")
+        if val_fraction + test_fraction >= 1:
+            raise ValueError("data.val_fraction + data.test_fraction must leave data for training")
+        self.window = int(window)
+        self.batch_size = int(batch_size)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self._specs: list[csv_io.RecordingSpec] | None = None
+        self._spec_warnings: list[Problem] = []
+        self._channels: list[str] | None = list(channels) if channels else None
+        self._sample_rate: float | None = float(sample_rate) if sample_rate else None
+        self.frontend: SpectrogramFrontend | None = None
+        self.dataset: csv_io.LoadedDataset | None = None
+        self.plan: SplitPlan | None = None
+        self.indices: dict[str, np.ndarray] = {}
+        self._labels: np.ndarray | None = None
+        self._device: torch.device | None = None
+        self._predict: tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]] | None = None
+        self._frontend_state: dict[str, Tensor] | None = None
+
+    # ----------------------------------------------------------------- lazy facts from the files
+    @property
+    def data_root(self) -> Path:
+        """The dataset folder (the built-in dataset's cache folder when ``data_dir`` is None)."""
+        if self.hparams.data_dir:
+            return Path(self.hparams.data_dir).expanduser()
+        from damage_lightning.data.synthetic import default_dataset_dir
+
+        return default_dataset_dir(
+            self.cache_dir,
+            seed=self.hparams.synthetic_seed,
+            recordings_per_class=self.hparams.synthetic_recordings_per_class,
+        )
+
+    @property
+    def recordings(self) -> list[csv_io.RecordingSpec]:
+        """The recordings found in ``data_dir`` (discovery only; files are read in ``setup``)."""
+        if self._specs is None:
+            self._specs, self._spec_warnings = csv_io.discover_with_warnings(
+                self.data_root, self.hparams.manifest
+            )
+        return self._specs
+
+    @property
+    def class_names(self) -> list[str]:
+        """Sorted class labels; the model's output index ``i`` is ``class_names[i]``."""
+        if self.dataset is not None:
+            return list(self.dataset.class_names)
+        return sorted({r.label for r in self.recordings})
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> list[str]:
+        """Sensor channel names in model input order."""
+        if self._channels is None:
+            if self.dataset is not None:
+                self._channels = list(self.dataset.channels)
+            else:
+                self._channels = csv_io.read_header(self.recordings[0].path)
+        return list(self._channels)
+
+    @property
+    def in_channels(self) -> int:
+        """Number of input channels of the network."""
+        return len(self.channels)
+
+    @property
+    def sample_rate(self) -> float:
+        """Sampling rate in Hz (configured, or read from the data)."""
+        if self._sample_rate is None:
+            if self.dataset is None:
+                rates = {r.sample_rate for r in self.recordings if r.sample_rate}
+                if len(rates) == 1:
+                    self._sample_rate = float(rates.pop())
+                else:
+                    # A time column may carry the rate: reading the data is the only way to know.
+                    self._load()
+            if self._sample_rate is None:
+                assert self.dataset is not None
+                self._sample_rate = float(self.dataset.sample_rate)
+        return self._sample_rate
+
+    def frontend_settings(self) -> dict[str, Any]:
+        """Constructor arguments of the spectrogram front end."""
+        hp = self.hparams
+        return {
+            "sample_rate": self.sample_rate,
+            "n_channels": self.in_channels,
+            "kind": hp.spectrogram,
+            "n_fft": hp.n_fft,
+            "hop_length": hp.hop_length,
+            "n_mels": hp.n_mels,
+            "f_min": hp.f_min,
+            "f_max": hp.f_max,
+            "power": hp.power,
+            "top_db": hp.top_db,
+        }
+
+    def _build_frontend(self) -> SpectrogramFrontend:
+        if self.frontend is None:
+            self.frontend = SpectrogramFrontend(**self.frontend_settings())
+            if self._frontend_state is not None:
+                self.frontend.load_state_dict(self._frontend_state)
+        return self.frontend
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Spectrogram shape ``(channels, freq, frames)`` seen by the network."""
+        return tuple(self._build_frontend().output_shape(self.window))  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------ loading
+    def prepare_data(self) -> None:
+        """Generate the built-in dataset and fill the waveform cache (once, on one process)."""
+        self._load()
+
+    def _load(self) -> csv_io.LoadedDataset:
+        if self.dataset is None:
+            ds = csv_io.load_dataset(
+                self.data_root,
+                self.hparams.manifest,
+                channels=self._channels,
+                sample_rate=self._sample_rate,
+                min_samples=self.window,
+                cache_dir=self.cache_dir / "waveforms",
+            )
+            ds.warnings[:0] = [w for w in self._spec_warnings if w not in ds.warnings]
+            for w in ds.warnings:
+                log.warning("data warning: %s", w)
+            self.dataset = ds
+            self._channels = list(ds.channels)
+            self._sample_rate = float(ds.sample_rate)
+        return self.dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and validate all recordings, split them, cut windows, fit the normalisation."""
+        ds = self._load()
+        if self.plan is None:
+            self.plan = plan_splits(
+                labels=ds.labels,
+                lengths=[w.shape[1] for w in ds.waveforms],
+                window=self.window,
+                hop=self.hop,
+                groups=[r.group for r in ds.recordings],
+                explicit=[r.split for r in ds.recordings],
+                fractions=(
+                    1.0 - self.hparams.val_fraction - self.hparams.test_fraction,
+                    self.hparams.val_fraction,
+                    self.hparams.test_fraction,
+                ),
+                seed=self.hparams.seed,
+                strategy=self.hparams.split_strategy,
+                relpaths=[r.relpath for r in ds.recordings],
+            )
+            classes = ds.class_names
+            self._labels = np.array([classes.index(lab) for lab in ds.labels], dtype=np.int64)
+            self.indices = {
+                s: build_window_index(self.plan, s, self.window, self.hop) for s in SPLITS
+            }
+            empty = [s for s in SPLITS if len(self.indices[s]) == 0 and self._fraction(s) > 0]
+            if empty:
+                raise DataValidationError(
+                    Problem(
+                        str(self.data_root),
+                        "",
+                        f"the {', '.join(empty)} split has no window of {self.window} samples; "
+                        "use shorter windows or more data",
+                    )
+                )
+        self._device = self._choose_device()
+        frontend = self._build_frontend()
+        if not bool(frontend.fitted) and self._frontend_state is None:
+            self._fit_normalization()
+        if stage == "predict" and self.hparams.predict_data_dir:
+            self._predict = self._load_predict_recordings()
+
+    def _fraction(self, split: str) -> float:
+        return {
+            "train": 1.0,
+            "val": self.hparams.val_fraction,
+            "test": self.hparams.test_fraction,
+        }[split]
+
+    def _choose_device(self) -> torch.device | None:
+        """Where batches are cut: on the accelerator when the data fit, else from host memory."""
+        mode = self.hparams.device_data
+        if mode == "off":
+            return None
+        root = None
+        if self.trainer is not None:
+            root = self.trainer.strategy.root_device
+        if root is None or root.type != "cuda":
+            return torch.device("cpu") if mode == "on" else None
+        assert self.dataset is not None
+        nbytes = sum(w.nbytes for w in self.dataset.waveforms)
+        free, _ = torch.cuda.mem_get_info(root)
+        if mode == "on" or nbytes < DEVICE_MEMORY_SHARE * free:
+            return root
+        return None
+
+    def _fit_normalization(self) -> None:
+        assert self.dataset is not None and self.frontend is not None
+        index = self.indices["train"]
+        if len(index) > MAX_NORM_WINDOWS:
+            rng = np.random.default_rng(self.hparams.seed)
+            index = index[np.sort(rng.choice(len(index), MAX_NORM_WINDOWS, replace=False))]
+        loader = WindowBatchLoader(
+            self.dataset.waveforms, index, self._labels, self.window, batch_size=512
+        )
+        self.frontend.fit_normalization(batch[0] for batch in loader)
+
+    # ----------------------------------------------------------------------------- loaders
+    def _loader(self, split: str, shuffle: bool) -> WindowBatchLoader:
+        if self.dataset is None or split not in self.indices:
+            self.setup(split)
+        assert self.dataset is not None
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        loader = WindowBatchLoader(
+            self.dataset.waveforms,
+            self.indices[split],
+            self._labels,
+            self.window,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            seed=self.hparams.seed,
+            device=self._device,
+            rank=rank,
+            world_size=world,
+            pin_memory=self._device is None and torch.cuda.is_available(),
+        )
+        loader.sampler = _EpochHook(loader)  # type: ignore[attr-defined]
+        return loader
+
+    def train_dataloader(self) -> WindowBatchLoader:
+        """Shuffled training windows."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> WindowBatchLoader:
+        """Validation windows, in order."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> WindowBatchLoader:
+        """Test windows, in order."""
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> WindowBatchLoader:
+        """Windows to predict, with their recording and start sample.
+
+        Every window of every recording in ``predict_data_dir`` (starts ``0, hop, 2 hop, ...``),
+        or the test split's windows when no ``predict_data_dir`` is set.
+        """
+        if self.dataset is None:
+            self.setup("predict")
+        if self.hparams.predict_data_dir:
+            if self._predict is None:
+                self._predict = self._load_predict_recordings()
+            waveforms, index, labels, _ = self._predict
+        else:
+            assert self.dataset is not None
+            waveforms, index, labels = self.dataset.waveforms, self.indices["test"], self._labels
+        return WindowBatchLoader(
+            waveforms,
+            index,
+            labels,
+            self.window,
+            batch_size=self.batch_size,
+            device=self._device,
+            with_positions=True,
+        )
+
+    def predict_recordings(self) -> list[tuple[str, str | None]]:
+        """``(path, label or None)`` of the recordings the predict loader's ``recording`` indexes."""
+        if self.hparams.predict_data_dir:
+            if self._predict is None:
+                self._predict = self._load_predict_recordings()
+            _, _, labels, paths = self._predict
+            names = self.class_names
+            return [(p, names[i] if i >= 0 else None) for p, i in zip(paths, labels, strict=True)]
+        assert self.dataset is not None
+        return [(r.relpath, r.label) for r in self.dataset.recordings]
+
+    def _load_predict_recordings(
+        self,
+    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]]:
+        root = Path(self.hparams.predict_data_dir).expanduser()
+        found = csv_io.find_prediction_files(root)
+        problems: list[Problem] = []
+        waveforms: list[np.ndarray] = []
+        labels: list[int] = []
+        paths: list[str] = []
+        names = self.class_names
+        for path, rel, label in found:
+            try:
+                data, _, rate = csv_io.read_recording(path, self.channels, display=rel)
+            except DataValidationError as exc:
+                problems.extend(exc.problems)
+                continue
+            if rate is not None and abs(rate - self.sample_rate) > 1e-6 * self.sample_rate:
+                data = csv_io.resample(data, rate, self.sample_rate)
+            if data.shape[1] < self.window:
+                problems.append(
+                    Problem(
+                        rel,
+                        "",
+                        f"recording has {data.shape[1]} samples, fewer than one window "
+                        f"({self.window})",
+                    )
+                )
+                continue
+            waveforms.append(data)
+            labels.append(names.index(label) if label in names else -1)
+            paths.append(rel)
+        if problems:
+            raise DataValidationError(problems)
+        parts = []
+        for i, w in enumerate(waveforms):
+            starts = window_starts(0, w.shape[1], self.window, self.hop)
+            parts.append(np.stack([np.full(len(starts), i, dtype=np.int64), starts], axis=1))
+        index = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+        return waveforms, index, np.array(labels, dtype=np.int64), paths
+
+    # ---------------------------------------------------------------------- spectrograms
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Turn the waveform of each batch into its spectrogram, on the batch's device."""
+        waveform, *rest = batch
+        return (self.spectrogram(waveform), *rest)
+
+    def spectrogram(self, waveform: Tensor) -> Tensor:
+        """Normalised log spectrograms ``(B, C, F, T)`` of waveform windows ``(B, C, window)``."""
+        frontend = self._build_frontend()
+        if frontend.mean.device != waveform.device:
+            frontend.to(waveform.device)
+        with torch.autocast(waveform.device.type, enabled=False):
+            return frontend(waveform.float())
+
+    def spectrogram_batch(self, split: str = "train") -> tuple[Tensor, Tensor]:
+        """One batch of ``split`` as ``(spectrogram, label)``: the one-call view for notebooks."""
+        loader = self._loader(split, shuffle=False)
+        waveform, label = next(iter(loader))
+        return self.spectrogram(waveform), label
+
+    # ---------------------------------------------------------------------------- weights
+    @property
+    def class_weights(self) -> Tensor:
+        """Inverse-frequency weights of the training windows, ``N / (K * n_c)`` per class."""
+        if not self.indices:
+            self.setup("fit")
+        assert self._labels is not None
+        counts = np.bincount(
+            self._labels[self.indices["train"][:, 0]], minlength=self.num_classes
+        ).astype(np.float64)
+        counts[counts == 0] = 1.0
+        weights = counts.sum() / (len(counts) * counts)
+        return torch.tensor(weights, dtype=torch.float32)
+
+    # ------------------------------------------------------------------------- summaries
+    def data_summary(self) -> dict[str, Any]:
+        """Recordings and windows per class and split, for model_info.json and the report."""
+        assert self.dataset is not None and self.plan is not None and self._labels is not None
+        names = self.class_names
+        per_class: dict[str, dict[str, dict[str, int]]] = {
+            c: {s: {"recordings": 0, "windows": 0} for s in SPLITS} for c in names
+        }
+        for s in SPLITS:
+            recs = {seg.recording for seg in self.plan.segments_for(s)}
+            for r in recs:
+                per_class[names[self._labels[r]]][s]["recordings"] += 1
+            idx = self.indices[s]
+            counts = np.bincount(self._labels[idx[:, 0]], minlength=len(names))
+            for i, c in enumerate(names):
+                per_class[c][s]["windows"] = int(counts[i])
+        return {
+            "data_dir": str(self.data_root),
+            "builtin": self.hparams.data_dir is None,
+            "n_recordings": len(self.dataset.recordings),
+            "per_class": per_class,
+            "windows": {s: len(self.indices[s]) for s in SPLITS},
+            "warnings": [str(w) for w in self.dataset.warnings],
+        }
+
+    def splits_json(self) -> dict[str, Any]:
+        """The split assignment as written to ``splits.json``."""
+        assert self.dataset is not None and self.plan is not None
+        ds = self.dataset
+        return self.plan.to_json(
+            [r.relpath for r in ds.recordings],
+            ds.labels,
+            [r.group for r in ds.recordings],
+            [w.shape[1] for w in ds.waveforms],
+        )
+
+    def export_spec(self) -> dict[str, Any]:
+        """What a checkpoint needs to rebuild the front end and to describe the model's input."""
+        frontend = self._build_frontend()
+        return {
+            "frontend_settings": self.frontend_settings(),
+            "frontend_state": {k: v.detach().cpu() for k, v in frontend.state_dict().items()},
+            "class_names": self.class_names,
+            "channels": self.channels,
+            "sample_rate": self.sample_rate,
+            "window": self.window,
+            "hop": self.hop,
+        }
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """Front-end normalisation and data facts, saved in every checkpoint."""
+        if self.frontend is None:
+            return {}
+        return self.export_spec()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the training split's normalisation statistics from a checkpoint."""
+        state = state_dict.get("frontend_state")
+        if not state:
+            return
+        self._frontend_state = {k: v for k, v in state.items()}
+        if self.frontend is not None:
+            device = self.frontend.mean.device
+            self.frontend.load_state_dict(self._frontend_state)
+            self.frontend.to(device)
+        saved = state_dict.get("class_names")
+        if saved and saved != self.class_names:
+            raise DataValidationError(
+                Problem(
+                    str(self.data_root),
+                    "",
+                    f"the checkpoint was trained on classes {saved}, the data have {self.class_names}",
+                )
+            )

@@ -1,0 +1,304 @@
+"""The spectrogram front end: one ``nn.Module`` turning waveform windows into normalised spectrograms.
+
+Training applies it to batches on the accelerator and export puts the very same module in front of
+the network, so what a model sees in training and in deployment cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+import torchaudio.transforms as T
+from torch import Tensor, nn
+
+# A channel whose (log) spectrogram does not vary (a flat-lined sensor) has a standard deviation of
+# about zero; it is centred but not scaled, instead of being blown up into NaN or huge values.
+_MIN_STD = 1e-6
+
+
+class SpectrogramFrontend(nn.Module):
+    """Waveform windows ``(B, C, T)`` to spectrograms ``(B, C, F, frames)``, normalised per channel.
+
+    The transform is torchaudio's own (``Spectrogram`` or ``MelSpectrogram`` followed by
+    ``AmplitudeToDB``), built on ``torch.stft``: it runs on the GPU through cuFFT, scripts with
+    TorchScript and exports with the dynamo ONNX exporter (opset 18 has an ``STFT`` operator).
+
+    Frames are centred (``center=True``, reflect padding), so a window of ``T`` samples gives
+    ``T // hop_length + 1`` frames. With ``log=True`` the output is in decibels and, when ``top_db``
+    is set, clamped at ``top_db`` below the maximum of each example (over its channels, frequencies
+    and frames), never of the whole batch: an example gives the same spectrogram alone or in any
+    batch.
+
+    Normalisation: the buffers ``mean`` and ``std`` (one value per channel) are applied as
+    ``(spectrogram - mean) / std``. They start as 0 and 1 (the identity) and are set by
+    :meth:`fit_normalization` from the training split only; ``fitted`` records that this happened.
+    All three travel with ``state_dict()``, checkpoints and exports.
+
+    Args:
+        sample_rate: sample rate of the waveforms in Hz.
+        n_channels: number of sensor channels ``C``.
+        kind: ``"mel"`` for a mel spectrogram, ``"stft"`` for the linear-frequency spectrogram.
+        n_fft: FFT size; ``n_fft // 2 + 1`` frequency bins before cropping or mel projection.
+        hop_length: samples between frames; defaults to ``n_fft // 4``.
+        win_length: Hann window length (at most ``n_fft``); defaults to ``n_fft``.
+        n_mels: number of mel bands (``kind="mel"`` only).
+        f_min: lowest frequency in Hz: the lowest mel band edge, or for ``kind="stft"`` the lowest
+            frequency bin kept.
+        f_max: highest frequency in Hz (default: the Nyquist frequency ``sample_rate / 2``).
+        power: 2.0 for the power spectrogram, 1.0 for the magnitude.
+        log: convert to decibels (``10 log10`` of power, ``20 log10`` of magnitude).
+        top_db: with ``log``, clamp each example at this many dB below its maximum; ``None`` to
+            keep the full range.
+        eps: floor applied before the logarithm (torchaudio's ``amin``).
+    """
+
+    def __init__(
+        self,
+        sample_rate: float,
+        n_channels: int,
+        kind: Literal["stft", "mel"] = "mel",
+        n_fft: int = 256,
+        hop_length: int | None = None,
+        win_length: int | None = None,
+        n_mels: int = 64,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        power: float = 2.0,
+        log: bool = True,
+        top_db: float | None = 80.0,
+        eps: float = 1e-10,
+    ):
+        super().__init__()
+        hop_length = n_fft // 4 if hop_length is None else int(hop_length)
+        win_length = n_fft if win_length is None else int(win_length)
+        nyquist = float(sample_rate) / 2.0
+        f_max = nyquist if f_max is None else float(f_max)
+        _check_settings(
+            sample_rate, n_channels, kind, n_fft, hop_length, win_length, n_mels, f_min, f_max,
+            nyquist, power, top_db, eps,
+        )  # fmt: skip
+        self.sample_rate = float(sample_rate)
+        self.n_channels = int(n_channels)
+        self.kind = kind
+        self.n_fft = int(n_fft)
+        self.hop_length = hop_length
+        self.win_length = win_length
+        self.n_mels = int(n_mels)
+        self.f_min = float(f_min)
+        self.f_max = f_max
+        self.power = float(power)
+        self.log = bool(log)
+        self.top_db = None if top_db is None else float(top_db)
+        self.eps = float(eps)
+
+        if kind == "mel":
+            self.spectrogram: nn.Module = T.MelSpectrogram(
+                sample_rate=self.sample_rate,  # type: ignore[arg-type]  (float rates work)
+                n_fft=self.n_fft,
+                win_length=win_length,
+                hop_length=hop_length,
+                f_min=self.f_min,
+                f_max=f_max,
+                n_mels=self.n_mels,
+                power=self.power,
+            )
+            self._bin_lo = 0
+            self._bin_hi = self.n_mels
+        else:
+            self.spectrogram = T.Spectrogram(
+                n_fft=self.n_fft, win_length=win_length, hop_length=hop_length, power=self.power
+            )
+            # Bin k is centred on k * sample_rate / n_fft; keep the bins inside [f_min, f_max].
+            step = self.sample_rate / self.n_fft
+            self._bin_lo = math.ceil(self.f_min / step - 1e-9)
+            self._bin_hi = min(self.n_fft // 2, math.floor(f_max / step + 1e-9)) + 1
+            if self._bin_hi <= self._bin_lo:
+                raise ValueError(
+                    f"no frequency bin lies in [{f_min}, {f_max}] Hz with n_fft={n_fft} at "
+                    f"{sample_rate} Hz (bins are {step:g} Hz apart); widen the range or raise n_fft"
+                )
+        # The crop is skipped when it keeps every bin, which keeps the exported graph minimal.
+        self._crop = kind == "stft" and (self._bin_lo > 0 or self._bin_hi < self.n_fft // 2 + 1)
+        self.to_db = T.AmplitudeToDB(
+            stype="power" if self.power == 2.0 else "magnitude", top_db=top_db
+        )
+        self.to_db.amin = self.eps
+
+        self.register_buffer("mean", torch.zeros(self.n_channels))
+        self.register_buffer("std", torch.ones(self.n_channels))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @property
+    def n_freqs(self) -> int:
+        """Frequency rows ``F`` of the output (mel bands, or kept STFT bins)."""
+        return self._bin_hi - self._bin_lo
+
+    def features(self, waveform: Tensor) -> Tensor:
+        """Spectrogram without normalisation.
+
+        Args:
+            waveform: float tensor ``(B, C, T)``.
+
+        Returns:
+            float32 tensor ``(B, C, F, T // hop_length + 1)``.
+        """
+        if waveform.dim() != 3 or waveform.shape[1] != self.n_channels:
+            raise ValueError(
+                "expected waveforms of shape (batch, "
+                + str(self.n_channels)
+                + " channels, samples), got "
+                + str(list(waveform.shape))
+            )
+        spec = self.spectrogram(waveform.float())
+        if self._crop:
+            spec = spec[:, :, self._bin_lo : self._bin_hi, :]
+        if self.log:
+            # 4-D input: AmplitudeToDB takes the top_db reference per example (over C, F, frames).
+            spec = self.to_db(spec)
+        return spec
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        """Normalised spectrogram.
+
+        Normalisation is always applied: before :meth:`fit_normalization` the buffers are the
+        identity (mean 0, std 1), which keeps a single, branch-free graph for export.
+
+        Args:
+            waveform: float tensor ``(B, C, T)``.
+
+        Returns:
+            float32 tensor ``(B, C, F, T // hop_length + 1)``.
+        """
+        spec = self.features(waveform)
+        return (spec - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+
+    def output_shape(self, window: int) -> tuple[int, int, int]:
+        """Shape ``(C, F, frames)`` of one example's output for windows of ``window`` samples.
+
+        Args:
+            window: samples per window.
+        """
+        if window <= self.n_fft // 2:
+            # torch.stft's reflect padding needs more samples than half the FFT size.
+            raise ValueError(
+                f"a window of {window} samples is too short for n_fft={self.n_fft}: it needs more "
+                f"than {self.n_fft // 2} samples"
+            )
+        return self.n_channels, self.n_freqs, window // self.hop_length + 1
+
+    @torch.no_grad()
+    def fit_normalization(self, batches: Iterable[Tensor]) -> None:
+        """Set ``mean``/``std`` per channel from the spectrograms of ``batches`` (training data).
+
+        The statistics are exact over every time-frequency bin of every window given (population
+        standard deviation), accumulated batch by batch in float64 with Chan's parallel update, so
+        they do not depend on how the windows are batched. They are computed on the device of this
+        module's buffers. A channel with no variation keeps ``std = 1``.
+
+        Args:
+            batches: waveform batches ``(B, C, T)`` (tensors, or ``(waveform, label, ...)`` tuples
+                whose first item is the waveform).
+
+        Raises:
+            ValueError: when ``batches`` holds no window.
+        """
+        device = self.mean.device
+        count = 0
+        mean = torch.zeros(self.n_channels, dtype=torch.float64, device=device)
+        m2 = torch.zeros(self.n_channels, dtype=torch.float64, device=device)
+        for batch in batches:
+            waveform = batch[0] if isinstance(batch, list | tuple) else batch
+            if waveform.shape[0] == 0:
+                continue
+            spec = self.features(waveform.to(device)).to(torch.float64)
+            values = spec.transpose(0, 1).reshape(self.n_channels, -1)
+            n_b = values.shape[1]
+            mean_b = values.mean(dim=1)
+            m2_b = ((values - mean_b[:, None]) ** 2).sum(dim=1)
+            total = count + n_b
+            delta = mean_b - mean
+            mean = mean + delta * (n_b / total)
+            m2 = m2 + m2_b + delta**2 * (count * n_b / total)
+            count = total
+        if count == 0:
+            raise ValueError("cannot fit the spectrogram normalisation: no training windows given")
+        std = torch.sqrt(m2 / count)
+        std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.std.copy_(std.to(self.std.dtype))
+        self.fitted.fill_(True)
+
+    def settings(self) -> dict[str, Any]:
+        """Constructor settings as plain JSON values (defaults resolved).
+
+        ``SpectrogramFrontend(**frontend.settings())`` rebuilds the same transform (without the
+        fitted statistics, which live in the buffers).
+        """
+        return {
+            "sample_rate": self.sample_rate,
+            "n_channels": self.n_channels,
+            "kind": self.kind,
+            "n_fft": self.n_fft,
+            "hop_length": self.hop_length,
+            "win_length": self.win_length,
+            "n_mels": self.n_mels,
+            "f_min": self.f_min,
+            "f_max": self.f_max,
+            "power": self.power,
+            "log": self.log,
+            "top_db": self.top_db,
+            "eps": self.eps,
+        }
+
+    def extra_repr(self) -> str:
+        """Settings shown by ``print(module)``."""
+        return ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+
+
+def _check_settings(
+    sample_rate: float,
+    n_channels: int,
+    kind: str,
+    n_fft: int,
+    hop_length: int,
+    win_length: int,
+    n_mels: int,
+    f_min: float,
+    f_max: float,
+    nyquist: float,
+    power: float,
+    top_db: float | None,
+    eps: float,
+) -> None:
+    """Reject settings torchaudio would accept silently but that give a useless transform."""
+    problems = []
+    if not sample_rate > 0:
+        problems.append(f"sample_rate must be positive, got {sample_rate}")
+    if n_channels < 1:
+        problems.append(f"n_channels must be at least 1, got {n_channels}")
+    if kind not in ("stft", "mel"):
+        problems.append(f"kind must be 'stft' or 'mel', got {kind!r}")
+    if n_fft < 2:
+        problems.append(f"n_fft must be at least 2, got {n_fft}")
+    if hop_length < 1:
+        problems.append(f"hop_length must be at least 1, got {hop_length}")
+    if not 1 <= win_length <= n_fft:
+        problems.append(f"win_length must be between 1 and n_fft={n_fft}, got {win_length}")
+    if kind == "mel" and n_mels < 1:
+        problems.append(f"n_mels must be at least 1, got {n_mels}")
+    if not 0 <= f_min < f_max <= nyquist:
+        problems.append(
+            f"need 0 <= f_min < f_max <= {nyquist:g} Hz (half the sample rate), "
+            f"got f_min={f_min}, f_max={f_max}"
+        )
+    if power not in (1.0, 2.0):
+        problems.append(f"power must be 1.0 (magnitude) or 2.0 (power), got {power}")
+    if top_db is not None and not top_db > 0:
+        problems.append(f"top_db must be positive or None, got {top_db}")
+    if not eps > 0:
+        problems.append(f"eps must be positive, got {eps}")
+    if problems:
+        raise ValueError("invalid spectrogram settings: " + "; ".join(problems))

@@ -1,0 +1,147 @@
+"""The host application's API: ``run_training`` and friends, returning a ``TrainingResult``.
+
+It runs exactly the CLI's ``fit`` (same configs, same run folder, same artifacts); the whole
+run's output is captured into the run's ``training_log.txt`` and so into the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from damage_lightning.errors import DataValidationError, OutputLocationError, Problem
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+MODEL_TYPES = ("cnn", "resnet")
+
+
+@dataclass
+class TrainingResult:
+    """What a training run produced.
+
+    Attributes:
+        run_dir: the run folder.
+        checkpoint: best checkpoint (``checkpoints/best.ckpt``).
+        onnx_path: exported ONNX model.
+        torchscript_path: exported TorchScript model.
+        report_path: the PDF report (``None`` when disabled or failed).
+        model_info_path: ``model_info.json``.
+        metrics: test metrics (accuracy, f1_macro, loss, per_class, confusion_matrix).
+        duration_s: wall time of the whole run.
+        model_type: ``cnn``, ``resnet`` or the class path of a custom model.
+    """
+
+    run_dir: Path
+    checkpoint: Path | None
+    onnx_path: Path | None
+    torchscript_path: Path | None
+    report_path: Path | None
+    model_info_path: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+    model_type: str = "cnn"
+
+
+def _override_args(overrides: dict[str, Any]) -> list[str]:
+    args: list[str] = []
+    for key, value in overrides.items():
+        flag = "--" + key.replace("__", ".")
+        if isinstance(value, bool | list | dict | tuple) or value is None:
+            value = json.dumps(value)
+        args += [flag, str(value)]
+    return args
+
+
+def run_training(
+    data_path: str | os.PathLike | None,
+    save_dir: str | os.PathLike,
+    model_type: Literal["cnn", "resnet"] = "cnn",
+    config: str | os.PathLike | None = None,
+    run_name: str | None = None,
+    **overrides: Any,
+) -> TrainingResult:
+    """Train, test, export and report one model; the same code path as the CLI's ``fit``.
+
+    Args:
+        data_path: folder of recordings (see the DataModule); ``None`` uses the built-in data.
+        save_dir: where run folders are created (``trainer.default_root_dir``).
+        model_type: ``cnn`` or ``resnet`` (selects ``configs/<model_type>.yaml``).
+        config: an extra YAML config applied after the model's own (for example
+            ``configs/cwru.yaml``).
+        run_name: name of the run folder (default ``<model>-<timestamp>``).
+        **overrides: any CLI option, dots written as double underscores or passed as a dict key:
+            ``trainer__max_epochs=3`` or ``**{"model.init_args.dropout": 0.2}``.
+
+    Returns:
+        The run's paths, test metrics and duration.
+
+    Raises:
+        ValueError: unknown ``model_type``.
+        DataValidationError: missing data path, or bad data (before any training).
+        OutputLocationError: ``save_dir`` cannot be written.
+    """
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    if data_path is not None and not Path(data_path).exists():
+        raise DataValidationError(Problem(str(data_path), "", "data path does not exist"))
+    base = CONFIG_DIR / f"{model_type}.yaml"
+    if not base.is_file():
+        raise FileNotFoundError(f"{base}: the package's config is missing (reinstall with pip -e)")
+    if config is not None and not Path(config).is_file():
+        raise FileNotFoundError(f"{config}: config file not found")
+    from damage_lightning.cli import DamageCLI
+    import contextlib
+
+    args = ["fit", "--config", str(base)]
+    if config is not None:
+        args += ["--config", str(config)]
+    if data_path is not None:
+        args += ["--data.data_dir", str(data_path)]
+    args += ["--trainer.default_root_dir", str(save_dir)]
+    if run_name:
+        args += ["--run_name", run_name]
+    args += _override_args(overrides)
+
+    started = time.time()
+    with contextlib.ExitStack() as stack:
+        cli = DamageCLI(args=args, exit_stack=stack)
+    run_dir = cli.run_dir
+    assert run_dir is not None
+    info_path = run_dir / "model_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    exports = info.get("exports", {})
+    report = (info.get("report") or {}).get("path")
+
+    def _path(rel: str | None) -> Path | None:
+        return run_dir / rel if rel else None
+
+    return TrainingResult(
+        run_dir=run_dir,
+        checkpoint=_path(info.get("best_checkpoint")),
+        onnx_path=_path(exports.get("onnx", {}).get("path")),
+        torchscript_path=_path(exports.get("torchscript", {}).get("path")),
+        report_path=_path(report),
+        model_info_path=info_path,
+        metrics=info.get("test_metrics") or {},
+        duration_s=round(time.time() - started, 2),
+        model_type=model_type,
+    )
+
+
+def run_cnn(data_path: str | os.PathLike | None, save_dir: str | os.PathLike, **kwargs: Any) -> TrainingResult:
+    """``run_training`` with the CNN."""
+    return run_training(data_path, save_dir, model_type="cnn", **kwargs)
+
+
+def run_resnet(
+    data_path: str | os.PathLike | None, save_dir: str | os.PathLike, **kwargs: Any
+) -> TrainingResult:
+    """``run_training`` with the ResNet."""
+    return run_training(data_path, save_dir, model_type="resnet", **kwargs)
+
+
+__all__ = ["OutputLocationError", "TrainingResult", "run_cnn", "run_resnet", "run_training"]
