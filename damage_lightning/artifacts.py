@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 TMP_PREFIX = ".tmp-"
+# Terminal control sequences (cursor moves, colours) that progress bars print: the log drops them.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -115,6 +118,11 @@ def check_writable(folder: str | os.PathLike, probe_bytes: int = 1 << 20) -> Non
         ) from exc
 
 
+def _final(line: str) -> str:
+    """What a terminal finally shows of a line redrawn with carriage returns."""
+    return _ANSI.sub("", line).rstrip("\r").rsplit("\r", 1)[-1]
+
+
 class _Tee:
     """A text stream that writes to the terminal and, line by line, to a log file.
 
@@ -134,7 +142,7 @@ class _Tee:
             if "\n" in self._partial:
                 *lines, self._partial = self._partial.split("\n")
                 with contextlib.suppress(ValueError, OSError):
-                    self._log.write("".join(line.rsplit("\r", 1)[-1] + "\n" for line in lines))
+                    self._log.write("".join(_final(line) + "\n" for line in lines))
         return self._stream.write(text)
 
     def flush(self) -> None:
@@ -146,7 +154,7 @@ class _Tee:
         """Write what is left of an unfinished line."""
         with self._lock, contextlib.suppress(ValueError, OSError):
             if self._partial:
-                self._log.write(self._partial.rsplit("\r", 1)[-1] + "\n")
+                self._log.write(_final(self._partial) + "\n")
                 self._partial = ""
 
     def isatty(self) -> bool:

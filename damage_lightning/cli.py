@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,11 @@ from damage_lightning.errors import (
 from damage_lightning.models.base import DamageClassifier
 
 RUN_NAME_ENV = "DAMAGE_LIGHTNING_RUN_NAME"
+
+# The run folder already holds config.yaml when the logger starts; its "not empty" note is noise.
+warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+# Lightning 2.6 calls a torch 2.11 API that torch marks deprecated; nothing for a user to do.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 DEFAULT_ROOT = "models"
 USER_ERRORS = (DataValidationError, OutputLocationError, ExportVerificationError)
 
@@ -44,6 +50,7 @@ class DamageTrainer(Trainer):
         model: DamageClassifier,
         datamodule: DamageDataModule | None = None,
         ckpt_path: str | None = None,
+        weights_only: bool | None = None,
     ) -> dict[str, Any]:
         """Export a checkpoint to ONNX and TorchScript (waveform in), verified against eager.
 
@@ -51,6 +58,8 @@ class DamageTrainer(Trainer):
             model: the model described by the config (its weights come from ``ckpt_path``).
             datamodule: the data module of the config (unused: the checkpoint carries the front end).
             ckpt_path: checkpoint to export: ``best``, ``last`` or a file.
+            weights_only: accepted so a run's ``config.yaml`` (written by ``fit``) can be reused;
+                checkpoints are always loaded with ``weights_only=True``.
         """
         from damage_lightning.export import deployable_from_checkpoint, export_all
 

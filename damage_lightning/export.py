@@ -807,7 +807,11 @@ def load_from_checkpoint(
         raise _bad_ckpt(path, f"incomplete checkpoint, missing {missing or ['state_dict']}")
 
     cls = _model_class(path, section["model_class_path"])
-    hparams = dict(ckpt.get("hyper_parameters") or {})
+    # LightningCLI adds bookkeeping entries ("_class_path", "_instantiator") that are not
+    # constructor arguments.
+    hparams = {
+        k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if not k.startswith("_")
+    }
     try:
         model = cls(**hparams)
         model.load_state_dict(ckpt["state_dict"], strict=True)

@@ -28,20 +28,6 @@ MAX_NORM_WINDOWS = 50_000
 DEVICE_MEMORY_SHARE = 0.25
 
 
-class _EpochHook:
-    """Lets Lightning's ``_set_sampler_epoch`` reach our loader, so shuffling follows the epoch.
-
-    Lightning calls ``dataloader.sampler.set_epoch(epoch)`` with the epoch count that survives a
-    resume; this keeps a resumed run's batch order identical to an uninterrupted one.
-    """
-
-    def __init__(self, loader: WindowBatchLoader):
-        self._loader = loader
-
-    def set_epoch(self, epoch: int) -> None:
-        self._loader.set_epoch(epoch)
-
-
 class DamageDataModule(pl.LightningDataModule):
     """Labelled vibration recordings (CSV) as waveform windows and spectrogram batches.
 
@@ -88,8 +74,7 @@ class DamageDataModule(pl.LightningDataModule):
             does so on a GPU when the data take under a quarter of its free memory.
         predict_data_dir: recordings to predict (a folder or one CSV); ``None`` predicts the
             test split. Labels are taken from sub-folder names or a manifest when present.
-        synthetic_recordings_per_class: size of the built-in dataset (``data_dir: null``).
-        synthetic_seed: seed of the built-in dataset.
+        synthetic_seed: seed of the built-in dataset (``data_dir: null``).
     """
 
     def __init__(
@@ -118,7 +103,6 @@ class DamageDataModule(pl.LightningDataModule):
         class_weights: bool = False,
         device_data: Literal["auto", "on", "off"] = "auto",
         predict_data_dir: str | None = None,
-        synthetic_recordings_per_class: int = 24,
         synthetic_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -156,11 +140,7 @@ class DamageDataModule(pl.LightningDataModule):
             return Path(self.hparams.data_dir).expanduser()
         from damage_lightning.data.synthetic import default_dataset_dir
 
-        return default_dataset_dir(
-            self.cache_dir,
-            seed=self.hparams.synthetic_seed,
-            recordings_per_class=self.hparams.synthetic_recordings_per_class,
-        )
+        return default_dataset_dir(self.cache_dir, seed=self.hparams.synthetic_seed)
 
     @property
     def recordings(self) -> list[csv_io.RecordingSpec]:
@@ -255,7 +235,7 @@ class DamageDataModule(pl.LightningDataModule):
                 channels=self._channels,
                 sample_rate=self._sample_rate,
                 min_samples=self.window,
-                cache_dir=self.cache_dir / "waveforms",
+                cache_dir=self.cache_dir,
             )
             ds.warnings[:0] = [w for w in self._spec_warnings if w not in ds.warnings]
             for w in ds.warnings:
@@ -344,6 +324,8 @@ class DamageDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool) -> WindowBatchLoader:
+        # The loader exposes ``sampler.set_epoch``: Lightning calls it with the epoch count that
+        # survives a resume, so a resumed run shuffles exactly like an uninterrupted one.
         if self.dataset is None or split not in self.indices:
             self.setup(split)
         assert self.dataset is not None
@@ -364,7 +346,6 @@ class DamageDataModule(pl.LightningDataModule):
             world_size=world,
             pin_memory=self._device is None and torch.cuda.is_available(),
         )
-        loader.sampler = _EpochHook(loader)  # type: ignore[attr-defined]
         return loader
 
     def train_dataloader(self) -> WindowBatchLoader:
@@ -419,7 +400,7 @@ class DamageDataModule(pl.LightningDataModule):
         self,
     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]]:
         root = Path(self.hparams.predict_data_dir).expanduser()
-        found = csv_io.find_prediction_files(root)
+        found = find_prediction_files(root)
         problems: list[Problem] = []
         waveforms: list[np.ndarray] = []
         labels: list[int] = []
@@ -432,7 +413,7 @@ class DamageDataModule(pl.LightningDataModule):
                 problems.extend(exc.problems)
                 continue
             if rate is not None and abs(rate - self.sample_rate) > 1e-6 * self.sample_rate:
-                data = csv_io.resample(data, rate, self.sample_rate)
+                data, _ = csv_io.resample(data, rate, self.sample_rate)
             if data.shape[1] < self.window:
                 problems.append(
                     Problem(
@@ -564,3 +545,32 @@ class DamageDataModule(pl.LightningDataModule):
                     f"the checkpoint was trained on classes {saved}, the data have {self.class_names}",
                 )
             )
+
+
+def find_prediction_files(root: Path) -> list[tuple[Path, str, str | None]]:
+    """``(file, path relative to root, label or None)`` of the recordings under ``root``.
+
+    A single CSV, a folder with a manifest or label sub-folders (labels known), or a folder of
+    CSVs (unlabelled). Relative paths are those ``scripts/onnx_predict.py`` prints.
+    """
+    if root.is_file():
+        return [(root, root.name, None)]
+    if not root.is_dir():
+        raise DataValidationError(Problem(str(root), "", "no such file or folder to predict"))
+    if (root / "manifest.csv").is_file():
+        return [(r.path, r.relpath, r.label) for r in csv_io.discover(root)]
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.name.lower().endswith((".csv", ".csv.gz"))
+        and p.name.lower() != "manifest.csv"
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise DataValidationError(Problem(str(root), "", "no CSV recordings found to predict"))
+    out = []
+    for p in files:
+        rel = p.relative_to(root)
+        out.append((p, rel.as_posix(), rel.parts[0] if len(rel.parts) > 1 else None))
+    return out

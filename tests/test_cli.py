@@ -1,0 +1,176 @@
+"""The command line end to end on tiny data: fit, validate, test, predict, export, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO, tiny_model, tiny_overrides
+from helpers import checkpoint_state
+
+from damage_lightning.cli import main
+
+CNN = str(REPO / "configs" / "cnn.yaml")
+RESNET = str(REPO / "configs" / "resnet.yaml")
+
+
+def run_dir_from(out: str) -> Path:
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("run folder: "), out[-2000:]
+    return Path(last.removeprefix("run folder: "))
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_data, cache_dir, tmp_path_factory):
+    """One CNN fit shared by the tests that only read its results."""
+    root = tmp_path_factory.mktemp("fitted") / "models"
+    args = ["fit", "--config", CNN, *tiny_overrides(tiny_data, root, cache_dir), *tiny_model(CNN)]
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    buf = StringIO()
+    with redirect_stdout(buf):
+        main([*args, "--run_name", "shared"])
+    return root / "shared", buf.getvalue()
+
+
+def test_help_in_subprocess():
+    res = subprocess.run(
+        [sys.executable, "-m", "damage_lightning", "--help"], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    for sub in ("fit", "validate", "test", "predict", "export"):
+        assert sub in res.stdout
+
+
+@pytest.mark.parametrize("config", [CNN, RESNET], ids=["cnn", "resnet"])
+def test_fit_writes_run_folder(config, tiny_args, capsys):
+    main(["fit", "--config", config, *tiny_args, *tiny_model(config)])
+    out = capsys.readouterr().out
+    run = run_dir_from(out)
+    assert run.parent == Path(tiny_args[tiny_args.index("--trainer.default_root_dir") + 1])
+    assert run.name.startswith("cnn-" if config == CNN else "resnet-")
+    for name in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.csv"):
+        assert (run / name).is_file(), name
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert {"val_loss", "train_loss", "test_acc"} <= set(metrics.columns)
+    history = json.loads((run / "training_history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [0, 1]
+    info = json.loads((run / "model_info.json").read_text())
+    # The model card's test accuracy is what `test` logged into metrics.csv.
+    assert info["test_metrics"]["accuracy"] == pytest.approx(metrics["test_acc"].dropna().iloc[-1], abs=1e-6)
+    assert info["classes"] == sorted(
+        ["undamaged", "story1_stiffness_loss", "story2_stiffness_loss", "story3_stiffness_loss", "bumper_contact"]
+    )
+    assert "run folder:" in (run / "training_log.txt").read_text()
+
+
+def test_validate_test_predict_with_checkpoints(fitted, tiny_data, cache_dir, tmp_path, capsys):
+    run, _ = fitted
+    root = run.parent
+    common = [*tiny_overrides(tiny_data, root, cache_dir), *tiny_model(CNN)]
+    for sub in ("validate", "test"):
+        for ckpt in ("best", "last", str(run / "checkpoints" / "best.ckpt")):
+            main([sub, "--config", CNN, *common, "--run_name", "shared", "--ckpt_path", ckpt])
+    out = tmp_path / "pred"
+    main(["predict", "--config", CNN, *common, "--run_name", "shared", "--ckpt_path", "best",
+          "--output", str(out)])
+    windows = pd.read_csv(out / "predictions.csv")
+    recs = pd.read_csv(out / "recording_predictions.csv")
+    classes = json.loads((run / "model_info.json").read_text())["classes"]
+    assert {"recording", "label", "start", "predicted", *[f"p_{c}" for c in classes]} <= set(windows.columns)
+    probs = windows[[f"p_{c}" for c in classes]].to_numpy()
+    assert abs(probs.sum(axis=1) - 1).max() < 1e-4
+    assert set(recs["path"]) == set(windows["recording"])
+    assert ((recs["agreement"] > 0) & (recs["agreement"] <= 1)).all()
+    # Predicting the test split: its window count is what the model card says.
+    info = json.loads((run / "model_info.json").read_text())
+    assert len(windows) == info["data"]["windows"]["test"]
+
+
+def test_export_subcommand_regenerates(fitted, tmp_path, capsys):
+    run, _ = fitted
+    out = tmp_path / "exp"
+    main(["export", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best.ckpt"),
+          "--output", str(out)])
+    assert (out / "model.onnx").stat().st_size > 1000
+    assert (out / "model.ts.pt").stat().st_size > 1000
+
+
+def test_resume_continues_state(tiny_data, cache_dir, tmp_path):
+    root = tmp_path / "models"
+    base = ["fit", "--config", CNN, *tiny_overrides(tiny_data, root, cache_dir, epochs=3), *tiny_model(CNN),
+            "--run_name", "r"]
+    main(base)
+    last = root / "r" / "checkpoints" / "last.ckpt"
+    saved = checkpoint_state(last)
+    probe = tmp_path / "probe.json"
+    main([*base[:-2], "--trainer.max_epochs", "5", "--ckpt_path", "last", "--run_name", "r",
+          "--trainer.callbacks+=helpers.ResumeProbe", f"--trainer.callbacks.path={probe}"])
+    resumed = json.loads(probe.read_text())
+    assert resumed == pytest.approx(saved)
+    history = json.loads((root / "r" / "training_history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [0, 1, 2, 3, 4]
+    # A new run under an existing name is refused rather than overwritten.
+    with pytest.raises(SystemExit) as exc:
+        main(base)
+    assert exc.value.code == 2
+
+
+def test_custom_model_by_class_path(tiny_args, capsys):
+    main(["fit", "--config", CNN, *tiny_args, "--model", "helpers.TinyNet", "--model.hidden", "3"])
+    run = run_dir_from(capsys.readouterr().out)
+    info = json.loads((run / "model_info.json").read_text())
+    assert info["model"]["class_path"] == "helpers.TinyNet"
+
+
+def test_same_seed_same_metrics(tiny_data, cache_dir, tmp_path, capsys):
+    results = []
+    for name in ("a", "b"):
+        main(["fit", "--config", CNN, *tiny_overrides(tiny_data, tmp_path / "m", cache_dir), *tiny_model(CNN),
+              "--run_name", name])
+        results.append(json.loads((tmp_path / "m" / name / "model_info.json").read_text())["test_metrics"])
+    assert results[0] == results[1]
+
+
+def test_bad_data_exits_2_without_traceback(tmp_path):
+    bad = tmp_path / "bad" / "only_class"
+    bad.mkdir(parents=True)
+    (bad / "a.csv").write_text("x,y\n1,2\n3,oops\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run(
+        [sys.executable, "-m", "damage_lightning", "fit", "--config", CNN, "--data.data_dir", str(tmp_path / "bad"),
+         "--trainer.default_root_dir", str(tmp_path / "models")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert "a.csv" in res.stderr
+    assert not list((tmp_path / "models").rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu(tiny_data, cache_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    env.pop("DAMAGE_LIGHTNING_RUN_NAME", None)
+    root = tmp_path / "models"
+    res = subprocess.run(
+        [sys.executable, "-m", "damage_lightning", "fit", "--config", CNN,
+         *tiny_overrides(tiny_data, root, cache_dir), *tiny_model(CNN),
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+         "--run_name", "ddp"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert [p.name for p in root.iterdir()] == ["ddp"]
+    info = json.loads((root / "ddp" / "model_info.json").read_text())
+    cm = torch.tensor(info["test_metrics"]["confusion_matrix"])
+    # Metrics are synced over both processes: the confusion matrix counts every test window once.
+    assert int(cm.sum()) == info["data"]["windows"]["test"]
+    assert res.stdout.strip().splitlines()[-1] == f"run folder: {root / 'ddp'}"
