@@ -62,6 +62,7 @@ MODES = (
     "malformed_json",
     "oversized",
     "injection",
+    "401_echo",
 )
 
 
@@ -71,20 +72,24 @@ class FakeAnthropic:
     Args:
         mode: one of ``MODES``; can be changed between requests.
         slow_s: how long the ``slow`` mode waits before answering (interrupted by ``stop``).
+        delay_s: a wait before every answer in any mode (to test deadlines across retries).
     """
 
-    def __init__(self, mode: str = "normal", slow_s: float = 30.0):
+    def __init__(self, mode: str = "normal", slow_s: float = 30.0, delay_s: float = 0.0):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.mode = mode
         self.slow_s = slow_s
+        self.delay_s = delay_s
         self.api_key = "sk-ant-test-FAKEKEY-" + secrets.token_hex(12)
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -113,7 +118,7 @@ class FakeAnthropic:
         if self.mode == "missing_section":
             return json.dumps({k: v for k, v in NORMAL_ANSWER.items() if k != "Recommendations"})
         if self.mode == "oversized":
-            return json.dumps({k: "word " * 1_000_000 for k in SECTIONS})
+            return json.dumps({k: "word " * 350_000 for k in SECTIONS})
         return json.dumps(NORMAL_ANSWER)
 
     def _message(self, model: str) -> dict[str, Any]:
@@ -163,17 +168,30 @@ class FakeAnthropic:
                     self._send(404, b'{"type":"error","error":{"type":"not_found_error"}}')
                     return
                 mode = fake.mode
-                if mode == "slow":
-                    fake._stopping.wait(fake.slow_s)
+                wait = fake.slow_s if mode == "slow" else fake.delay_s
+                if wait > 0:
+                    fake._stopping.wait(wait)
                     if fake._stopping.is_set():
                         return
                 if mode == "429":
-                    err = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow"}}
+                    err = {
+                        "type": "error",
+                        "error": {"type": "rate_limit_error", "message": "slow"},
+                    }
                     self._send(429, json.dumps(err).encode(), {"retry-after": "0"})
                     return
                 if mode == "500":
                     err = {"type": "error", "error": {"type": "api_error", "message": "boom"}}
                     self._send(500, json.dumps(err).encode())
+                    return
+                if mode == "401_echo":
+                    # Some proxies echo the credentials they rejected; the report must not.
+                    sent = self.headers.get("x-api-key") or self.headers.get("authorization") or ""
+                    err = {
+                        "type": "error",
+                        "error": {"type": "authentication_error", "message": f"invalid key {sent}"},
+                    }
+                    self._send(401, json.dumps(err).encode())
                     return
                 if mode == "malformed_json":
                     self._send(200, b'{"id": "msg_1", "type": "message", "content": [')
