@@ -19,6 +19,16 @@ from typing import Any, TextIO
 TMP_PREFIX = ".tmp-"
 # Terminal control sequences (cursor moves, colours) that progress bars print: the log drops them.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Lightning's validation/test/sanity bars are transient on the terminal (leave=False); in the log
+# they would be hundreds of empty-looking lines. The epoch bars' final states are kept.
+_TRANSIENT_BAR = re.compile(r"^\s*(Validation|Sanity Checking|Testing|Predicting)\b[^|]*\|")
+# Python logging that reaches the log file: ours and Lightning's at INFO, other libraries (the ONNX
+# exporter is chatty) only from WARNING up.
+_INFO_LOGGERS = ("damage_lightning", "lightning", "__main__")
+
+
+def _log_record_wanted(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.startswith(_INFO_LOGGERS)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -142,7 +152,8 @@ class _Tee:
             if "\n" in self._partial:
                 *lines, self._partial = self._partial.split("\n")
                 with contextlib.suppress(ValueError, OSError):
-                    self._log.write("".join(_final(line) + "\n" for line in lines))
+                    kept = (_final(line) for line in lines)
+                    self._log.write("".join(k + "\n" for k in kept if not _TRANSIENT_BAR.match(k)))
         return self._stream.write(text)
 
     def flush(self) -> None:
@@ -185,6 +196,7 @@ def capture_output(log_path: str | os.PathLike) -> Iterator[Path]:
     handler = logging.StreamHandler(fh)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
+    handler.addFilter(_log_record_wanted)
     root = logging.getLogger()
     root.addHandler(handler)
     old_level = root.level

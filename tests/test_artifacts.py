@@ -1,0 +1,156 @@
+"""Run-folder artefacts after a real tiny fit, atomic writes, output capture, torch-free deployment."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, tiny_model, tiny_overrides
+from test_onnx_predict import run_script
+
+from damage_lightning.artifacts import TMP_PREFIX, atomic_write_json, capture_output, sha256_file
+from damage_lightning.cli import main
+from damage_lightning.export import read_onnx_metadata
+
+CNN = str(REPO / "configs" / "cnn.yaml")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data, cache_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("artifacts") / "models"
+    main(["fit", "--config", CNN, *tiny_overrides(tiny_data, root, cache_dir, epochs=3), *tiny_model(CNN),
+          "--run_name", "card"])
+    return root / "card"
+
+
+def test_model_card_matches_the_run(run, tiny_data):
+    info = json.loads((run / "model_info.json").read_text())
+    metrics = pd.read_csv(run / "metrics.csv")
+    history = json.loads((run / "training_history.json").read_text())
+    splits = json.loads((run / "splits.json").read_text())
+
+    assert info["run_name"] == "card"
+    assert info["classes"] == sorted(p.name for p in tiny_data.iterdir() if p.is_dir())
+    assert info["input"]["channels"] == ["base", "floor1", "floor2", "floor3"]
+    assert info["input"]["window_length"] == 256 and info["input"]["hop"] == 128
+    assert info["input"]["sample_rate"] == pytest.approx(1024.0)
+    assert info["model"]["parameters"] > 0 and info["model"]["name"] == "CNNClassifier"
+    # Test metrics are exactly what `test` logged.
+    logged = metrics["test_acc"].dropna().iloc[-1]
+    assert info["test_metrics"]["accuracy"] == pytest.approx(logged, abs=1e-6)
+    cm = np.array(info["test_metrics"]["confusion_matrix"])
+    assert cm.sum() == info["data"]["windows"]["test"]
+    assert np.trace(cm) / cm.sum() == pytest.approx(info["test_metrics"]["accuracy"], abs=1e-6)
+    assert set(info["test_metrics"]["per_class"]) == set(info["classes"])
+    # Data summary agrees with splits.json.
+    per_class = info["data"]["per_class"]
+    assert sum(c["train"]["recordings"] for c in per_class.values()) == sum(
+        1 for r in splits["recordings"] if any(s["split"] == "train" for s in r["segments"])
+    )
+    assert info["splits"]["leakage_check"]["passed"] is True
+    # History: one entry per epoch, the best epoch is where val_loss was lowest.
+    epochs = history["epochs"]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    best = min(epochs, key=lambda e: e["val_loss"])["epoch"]
+    assert history["best_epoch"] == best == info["best_epoch"]
+    assert all(e["lr"] > 0 and e["epoch_time_s"] > 0 for e in epochs)
+    # Exports: checksums are those of the files, verification passed within 1e-4.
+    for kind in ("onnx", "torchscript"):
+        entry = info["exports"][kind]
+        assert sha256_file(run / entry["path"]) == entry["sha256"]
+        assert entry["verification"]["passed"] is True
+        assert entry["verification"]["max_abs_diff"] <= 1e-4
+        assert entry["verification"]["batch_sizes"] == [1, 5]
+    assert info["versions"]["torch"].startswith("2.11")
+    assert info["seed"] == 42
+
+
+def test_onnx_metadata_describes_the_input(run):
+    meta = read_onnx_metadata(run / "export" / "model.onnx")
+    info = json.loads((run / "model_info.json").read_text())
+    assert meta["class_names"] == info["classes"]
+    assert meta["channels"] == info["input"]["channels"]
+    assert meta["window_length"] == 256 and meta["hop"] == 128
+    assert meta["sample_rate"] == pytest.approx(1024.0)
+    assert meta["frontend"]["kind"] == "stft"
+
+
+def test_torch_free_predictor_equals_pipeline_predict(run, tiny_data, cache_dir, tmp_path):
+    out = tmp_path / "pipeline"
+    main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best.ckpt"),
+          "--data.predict_data_dir", str(tiny_data), "--output", str(out)])
+    ours = pd.read_csv(out / "recording_predictions.csv").set_index("path").sort_index()
+    res = run_script(tmp_path, str(run / "export" / "model.onnx"), str(tiny_data),
+                     "--output", str(tmp_path / "gateway.csv"))
+    assert res.returncode == 0, res.stderr
+    gateway = pd.read_csv(tmp_path / "gateway.csv").set_index("path").sort_index()
+    assert list(gateway.index) == list(ours.index)
+    assert (gateway["predicted_label"] == ours["predicted_label"]).all()
+    cols = [c for c in ours.columns if c.startswith("p_")]
+    assert np.abs(gateway[cols].to_numpy() - ours[cols].to_numpy()).max() < 1e-4
+    assert (gateway["n_windows"] == ours["n_windows"]).all()
+
+
+def test_atomic_write_interrupted_keeps_previous(tmp_path, monkeypatch):
+    target = tmp_path / "model_info.json"
+    atomic_write_json(target, {"version": 1})
+
+    def boom(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_json(target, {"version": 2, "big": "x" * 100_000})
+    assert json.loads(target.read_text()) == {"version": 1}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+WRITER = """
+import sys
+from damage_lightning.artifacts import atomic_write_json
+i = 0
+while True:
+    atomic_write_json(sys.argv[1], {"i": i, "payload": [i] * 50000})
+    i += 1
+"""
+
+
+def test_killed_writer_never_leaves_a_truncated_file(tmp_path):
+    target = tmp_path / "history.json"
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], env={**os.environ, "PYTHONPATH": str(REPO)})
+        deadline = time.time() + 30
+        while not target.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0.05, 0.4)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        doc = json.loads(target.read_text())
+        assert len(doc["payload"]) == 50000 and set(doc["payload"]) == {doc["i"]}
+
+
+def test_capture_output_tees_and_restores(tmp_path, capsys):
+    handlers = list(logging.getLogger().handlers)
+    log = tmp_path / "training_log.txt"
+    with capture_output(log):
+        print("hello from the run")
+        sys.stdout.write("Epoch 1:  10%|#\rEpoch 1: 100%|##########\n")
+        sys.stdout.write("\x1b[AValidation DataLoader 0: 100%|####| 3/3\n")
+        logging.getLogger("damage_lightning.test").info("an info line")
+        logging.getLogger("onnxscript.noisy").info("exporter chatter")
+    text = log.read_text()
+    assert "hello from the run" in capsys.readouterr().out  # the terminal still shows it
+    assert "hello from the run\nEpoch 1: 100%|##########\n" in text
+    assert "10%" not in text and "\x1b" not in text and "Validation DataLoader" not in text
+    assert "an info line" in text and "exporter chatter" not in text
+    assert logging.getLogger().handlers == handlers
