@@ -174,3 +174,12 @@ def test_ddp_on_cpu(tiny_data, cache_dir, tmp_path):
     # Metrics are synced over both processes: the confusion matrix counts every test window once.
     assert int(cm.sum()) == info["data"]["windows"]["test"]
     assert res.stdout.strip().splitlines()[-1] == f"run folder: {root / 'ddp'}"
+
+
+def test_bf16_mixed_precision_trains_and_exports(tiny_args, capsys):
+    # The GPU default for speed; CPU autocast runs the same code path (front end kept in float32).
+    main(["fit", "--config", CNN, *tiny_args, *tiny_model(CNN), "--trainer.precision", "bf16-mixed"])
+    run = run_dir_from(capsys.readouterr().out)
+    info = json.loads((run / "model_info.json").read_text())
+    assert info["trainer"]["precision"] == "bf16-mixed"
+    assert info["exports"]["onnx"]["verification"]["passed"] is True
