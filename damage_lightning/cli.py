@@ -22,15 +22,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from damage_lightning.artifacts import atomic_write_text, capture_output, check_writable
+from damage_lightning.artifacts import (
+    TMP_PREFIX,
+    atomic_write_text,
+    capture_output,
+    check_writable,
+)
 from damage_lightning.callbacks import RunArtifacts, finalize_run, write_predictions
 from damage_lightning.data.datamodule import DamageDataModule
 from damage_lightning.errors import (
     DataValidationError,
     ExportVerificationError,
     OutputLocationError,
+    Problem,
 )
-from damage_lightning.models.base import DamageClassifier
+from damage_lightning.models.base import DamageClassifier, TrainingDivergedError
 
 RUN_NAME_ENV = "DAMAGE_LIGHTNING_RUN_NAME"
 
@@ -102,6 +108,38 @@ def _latest_run(root: Path) -> Path | None:
     return max(runs, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime, default=None)
 
 
+def _check_checkpoint(file: Path) -> None:
+    """Refuse a checkpoint that cannot be loaded with ``weights_only=True``, before any work.
+
+    Lightning's own resume loading (``trainer.fit(ckpt_path=...)``) passes ``weights_only=None``,
+    which torch 2.6+ treats as ``True``; checking here turns torch's long unpickling error into
+    one line naming the file, before data are read or a run folder is touched.
+    """
+    import torch
+
+    try:
+        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataValidationError(
+            Problem(
+                str(file),
+                "",
+                "cannot be loaded as a weights-only checkpoint (damaged, or it holds pickled "
+                f"Python objects, which are never loaded for safety): {first}",
+            )
+        ) from None
+
+
+def _remove_stale_temp_files(run_dir: Path) -> None:
+    # A run killed in the middle of an atomic write leaves its temporary file; the resumed run
+    # rewrites every such file, so the leftovers are only clutter that looks like data.
+    for path in run_dir.rglob(f"{TMP_PREFIX}*"):
+        if path.is_file():
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 class DamageCLI(LightningCLI):
     """LightningCLI with run folders, argument links from the data, export and reporting."""
 
@@ -117,7 +155,15 @@ class DamageCLI(LightningCLI):
         kwargs.setdefault("trainer_class", DamageTrainer)
         kwargs.setdefault("save_config_callback", None)
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        kwargs.setdefault(
+            "parser_kwargs",
+            {
+                "default_env": False,
+                "description": "Train, evaluate, export and report vibration damage classifiers.",
+                "epilog": "Two more commands: 'report --run_dir DIR' (re)writes a run's PDF report; "
+                "'data synth --out DIR' writes the built-in simulated dataset as CSV.",
+            },
+        )
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -185,11 +231,15 @@ class DamageCLI(LightningCLI):
                 raise OutputLocationError(f"{file}: checkpoint not found")
             if file.parent.name == "checkpoints":
                 run_dir = file.parent.parent
+        if cfg.get("ckpt_path"):
+            _check_checkpoint(Path(cfg.ckpt_path))
         if run_dir is None and self.subcommand == "fit":
             run_dir = self._new_run_dir(root, cfg)
         self.run_dir = run_dir
         if run_dir is not None and self.subcommand in ("fit", "export", "predict"):
             check_writable(run_dir)
+        if run_dir is not None and self.subcommand == "fit" and ckpt and _is_rank_zero():
+            _remove_stale_temp_files(run_dir)
         if run_dir is not None:
             cfg.trainer.default_root_dir = str(run_dir)
             os.environ[RUN_NAME_ENV] = run_dir.name
@@ -337,8 +387,14 @@ def main(args: list[str] | None = None) -> int:
         if argv[:1] == ["report"]:
             return _report_command(argv[1:])
         with contextlib.ExitStack() as stack:
-            DamageCLI(args=argv, exit_stack=stack)
+            # args=None when called from the shell: LightningCLI then reads sys.argv itself
+            # instead of warning that both were given.
+            DamageCLI(args=None if args is None else argv, exit_stack=stack)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingDivergedError as exc:
+        # Not bad input but a failed run: status 1, and the message rather than a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     return 0

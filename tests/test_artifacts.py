@@ -154,3 +154,29 @@ def test_capture_output_tees_and_restores(tmp_path, capsys):
     assert "10%" not in text and "\x1b" not in text and "Validation DataLoader" not in text
     assert "an info line" in text and "exporter chatter" not in text
     assert logging.getLogger().handlers == handlers
+
+
+def test_report_subcommand_rewrites_an_existing_run(run, capsys):
+    pdf = run / "report" / "training_report.pdf"
+    before = pdf.stat().st_mtime_ns
+    assert main(["report", "--run_dir", str(run), "--no-llm"]) == 0
+    out = capsys.readouterr().out
+    assert f"report: {pdf}" in out
+    assert pdf.stat().st_mtime_ns > before
+    info = json.loads((run / "model_info.json").read_text())
+    assert info["report"]["analysis_source"] == "offline analysis"
+    assert "disabled" in info["report"]["fallback_reason"]
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--run_dir", str(run / "nope")])
+    assert exc.value.code == 2
+
+
+def test_data_synth_command_writes_a_dataset(tmp_path):
+    out = tmp_path / "frame"
+    assert main(["data", "synth", "--out", str(out), "--seed", "3", "--recordings-per-class", "3",
+                 "--samples", "1024"]) == 0
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert len(manifest) == 15
+    assert set(manifest["label"]) == {"undamaged", "story1_stiffness_loss", "story2_stiffness_loss",
+                                      "story3_stiffness_loss", "bumper_contact"}
+    assert main(["data", "nonsense"]) == 2
