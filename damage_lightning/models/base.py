@@ -82,6 +82,23 @@ def strided_size(size: tuple[int, int] | None, stride: tuple[int, int]) -> tuple
     return ((size[0] - 1) // stride[0] + 1, (size[1] - 1) // stride[1] + 1)
 
 
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops at that step.
+
+    The CLI prints the message (which says what to try) and exits with status 1.
+    """
+
+
+def classifier_head(channels: int, num_classes: int, dropout: float) -> list[nn.Module]:
+    """Global average pooling, dropout and the linear layer that every network ends with."""
+    return [
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+        nn.Dropout(dropout),
+        nn.Linear(channels, num_classes),
+    ]
+
+
 class DamageClassifier(LightningModule):
     """Base classifier of spectrograms: cross-entropy, metrics, Adam(W) with ReduceLROnPlateau.
 
@@ -312,13 +329,13 @@ class DamageClassifier(LightningModule):
             batch_idx: index of the batch in the epoch.
 
         Raises:
-            RuntimeError: when the loss is NaN or infinite.
+            TrainingDivergedError: when the loss is NaN or infinite.
         """
         x, y = batch[0], batch[1]
         logits = self(x)
         loss = self.loss(logits, y)
         if not bool(torch.isfinite(loss)):
-            raise RuntimeError(
+            raise TrainingDivergedError(
                 f"training loss became NaN/inf at epoch {self.current_epoch} step "
                 f"{self.global_step}; lower the learning rate (lr={self.hparams.lr}), check "
                 "the input data for NaN/inf values, or train in 32-bit precision"

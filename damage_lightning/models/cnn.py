@@ -10,6 +10,7 @@ from torch import nn
 from damage_lightning.models.base import (
     DamageClassifier,
     check_positive_list,
+    classifier_head,
     downsample_stride,
     pooled_size,
 )
@@ -56,12 +57,7 @@ def conv_network(
             layers.append(pool_class(kernel_size=stride, stride=stride))
         size = pooled_size(size, stride)
         channels = width
-    layers += [
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(1),
-        nn.Dropout(dropout),
-        nn.Linear(channels, num_classes),
-    ]
+    layers += classifier_head(channels, num_classes, dropout)
     return nn.Sequential(*layers)
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from damage_lightning.models.base import (
     DamageClassifier,
     check_positive_list,
+    classifier_head,
     downsample_stride,
     strided_size,
 )
@@ -113,12 +114,7 @@ def resnet_network(
             layers.append(residual_block(channels, width, stride))
             size = strided_size(size, stride)
             channels = width
-    layers += [
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(1),
-        nn.Dropout(dropout),
-        nn.Linear(channels, num_classes),
-    ]
+    layers += classifier_head(channels, num_classes, dropout)
     return nn.Sequential(*layers)
 
 
