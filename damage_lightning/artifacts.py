@@ -1,4 +1,4 @@
-"""Run folder helpers: atomic file writes, JSON, checksums and stdout capture into training_log.txt."""
+"""Run folder helpers: atomic writes, JSON, checksums, and output capture into training_log.txt."""
 
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def capture_output(log_path: str | os.PathLike) -> Iterator[Path]:
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
-    fh = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed below)
+    fh = open(log_path, "a", encoding="utf-8", errors="replace")
     old_out, old_err = sys.stdout, sys.stderr
     tees = (_Tee(old_out, fh, lock), _Tee(old_err, fh, lock))
     sys.stdout, sys.stderr = tees  # type: ignore[assignment]

@@ -1,8 +1,12 @@
-"""Run artifacts: the per-epoch history callback, the end-of-fit model card, exports and report, and prediction CSVs."""
+"""Run artifacts: checkpoints, per-epoch history, the end-of-fit model card, exports and report.
+
+Also the prediction CSVs of the ``predict`` command.
+"""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import platform
 import sys
@@ -31,6 +35,38 @@ def _relative(path: str | Path, root: Path) -> str:
         return Path(path).resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose ``last.ckpt`` is always the latest completed epoch.
+
+    Lightning 2.6 writes ``last.ckpt`` only in a step where it also writes a top-k checkpoint (a
+    new best), so after epochs without improvement it lags behind, and ``--ckpt_path last`` would
+    resume a killed run from its best epoch and lose the epochs after it. This saves it at the end
+    of every epoch, in ModelCheckpoint's own hook and code path (after EarlyStopping has updated
+    its state; every rank takes part, so distributed runs stay in step). Arguments are
+    ModelCheckpoint's.
+    """
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Save the top-k checkpoint as usual, then ``last.ckpt`` if that did not already."""
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._ensure_last(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Same, for runs that validate less often than every epoch."""
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._ensure_last(trainer)
+
+    def _ensure_last(self, trainer: pl.Trainer) -> None:
+        if (
+            self.save_last is True
+            and self._last_global_step_saved != trainer.global_step
+            and not self._should_skip_saving_checkpoint(trainer)
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class RunArtifacts(Callback):
@@ -92,18 +128,25 @@ class RunArtifacts(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        """On Ctrl-C, keep the last state so the run can resume."""
+        """On Ctrl-C, make sure ``last.ckpt`` exists and say how to resume.
+
+        ``last.ckpt`` already holds the end of the last completed epoch (saved every epoch), and
+        that is the state to resume from: the interrupted epoch then runs again from its start.
+        Only when no epoch has completed yet is the current (mid-epoch) state saved.
+        """
         if not isinstance(exception, KeyboardInterrupt):
             return
         path = self.run_dir / "checkpoints" / "last.ckpt"
-        try:
-            trainer.save_checkpoint(path)
-        except Exception as exc:  # the interrupt must still end the run
-            print(f"could not save {path}: {exc}", file=sys.stderr)
-            return
+        if not path.is_file():
+            try:
+                trainer.save_checkpoint(path)
+            except Exception as exc:  # the interrupt must still end the run
+                print(f"could not save {path}: {exc}", file=sys.stderr)
+                return
         if trainer.is_global_zero:
             print(
-                f"\ninterrupted: saved {path}\nresume with: python -m damage_lightning fit "
+                f"\ninterrupted: last checkpoint {path}\n"
+                "resume with: python -m damage_lightning fit "
                 f"--config {self.run_dir / 'config.yaml'} --ckpt_path {path}",
                 file=sys.stderr,
             )
@@ -130,7 +173,7 @@ class RunArtifacts(Callback):
             history["best_epoch"], history["best_val_loss"] = best_epoch, best_loss
         history["lr_reductions"] = [
             {"epoch": b["epoch"], "from": a["lr"], "to": b["lr"]}
-            for a, b in zip(epochs, epochs[1:], strict=False)
+            for a, b in itertools.pairwise(epochs)
             if a.get("lr") is not None and b.get("lr") is not None and b["lr"] < a["lr"]
         ]
         for cb in trainer.callbacks:
@@ -282,7 +325,8 @@ def finalize_run(
     tm = info["test_metrics"] or {}
     print()
     print(
-        f"test accuracy: {tm.get('accuracy', float('nan')):.4f}  macro F1: {tm.get('f1_macro', float('nan')):.4f}"
+        f"test accuracy: {tm.get('accuracy', float('nan')):.4f}  "
+        f"macro F1: {tm.get('f1_macro', float('nan')):.4f}"
     )
     print(
         f"checkpoint: {run_dir / info['best_checkpoint']}"

@@ -1,4 +1,4 @@
-"""The command line: LightningCLI (fit/validate/test/predict/export) plus ``data synth`` and ``report``.
+"""The command line: LightningCLI (fit/validate/test/predict/export), ``data synth``, ``report``.
 
 ``main(args=None)`` is what ``python -m damage_lightning`` runs; tests call ``main([...])``
 in-process. Bad input ends with one or two lines on stderr and exit status 2, no traceback.
@@ -43,7 +43,9 @@ RUN_NAME_ENV = "DAMAGE_LIGHTNING_RUN_NAME"
 # The run folder already holds config.yaml when the logger starts; its "not empty" note is noise.
 warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
 # Lightning 2.6 calls a torch 2.11 API that torch marks deprecated; nothing for a user to do.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
+)
 DEFAULT_ROOT = "models"
 USER_ERRORS = (DataValidationError, OutputLocationError, ExportVerificationError)
 
@@ -62,7 +64,7 @@ class DamageTrainer(Trainer):
 
         Args:
             model: the model described by the config (its weights come from ``ckpt_path``).
-            datamodule: the data module of the config (unused: the checkpoint carries the front end).
+            datamodule: the config's data module (unused: the checkpoint carries the front end).
             ckpt_path: checkpoint to export: ``best``, ``last`` or a file.
             weights_only: accepted so a run's ``config.yaml`` (written by ``fit``) can be reused;
                 checkpoints are always loaded with ``weights_only=True``.
@@ -160,7 +162,8 @@ class DamageCLI(LightningCLI):
             {
                 "default_env": False,
                 "description": "Train, evaluate, export and report vibration damage classifiers.",
-                "epilog": "Two more commands: 'report --run_dir DIR' (re)writes a run's PDF report; "
+                "epilog": "Two more commands: 'report --run_dir DIR' (re)writes a run's PDF "
+                "report; "
                 "'data synth --out DIR' writes the built-in simulated dataset as CSV.",
             },
         )
@@ -206,6 +209,16 @@ class DamageCLI(LightningCLI):
         for attr in ("num_classes", "in_channels", "input_shape", "class_names"):
             parser.link_arguments(f"data.{attr}", f"model.init_args.{attr}", apply_on="instantiate")
         parser.set_defaults({"trainer.default_root_dir": DEFAULT_ROOT})
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the hyperparameters of a --ckpt_path file here (torch.load with
+        # weights_only=True); checking first turns an unsafe or damaged file into one line that
+        # names it.
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and Path(ckpt).is_file():
+            _check_checkpoint(Path(ckpt))
+        super()._parse_ckpt_path()
 
     # ------------------------------------------------------------------ run folder
     def before_instantiate_classes(self) -> None:
@@ -330,7 +343,7 @@ class DamageCLI(LightningCLI):
             print(f"predictions: {p}")
 
     def export(self, **kwargs: Any) -> None:
-        """Export the checkpoint given by ``--ckpt_path`` (into ``--output`` or the run's ``export/``)."""
+        """Export ``--ckpt_path`` (into ``--output`` or the run's ``export/``)."""
         self.trainer._export_dir = self.config["export"].output  # type: ignore[attr-defined]
         self.trainer.export(**kwargs)
 

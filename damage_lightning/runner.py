@@ -93,8 +93,9 @@ def run_training(
         raise FileNotFoundError(f"{base}: the package's config is missing (reinstall with pip -e)")
     if config is not None and not Path(config).is_file():
         raise FileNotFoundError(f"{config}: config file not found")
-    from damage_lightning.cli import DamageCLI
     import contextlib
+
+    from damage_lightning.cli import DamageCLI
 
     args = ["fit", "--config", str(base)]
     if config is not None:
@@ -132,7 +133,9 @@ def run_training(
     )
 
 
-def run_cnn(data_path: str | os.PathLike | None, save_dir: str | os.PathLike, **kwargs: Any) -> TrainingResult:
+def run_cnn(
+    data_path: str | os.PathLike | None, save_dir: str | os.PathLike, **kwargs: Any
+) -> TrainingResult:
     """``run_training`` with the CNN."""
     return run_training(data_path, save_dir, model_type="cnn", **kwargs)
 

@@ -33,17 +33,28 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_overrides(data_dir: Path, root: Path, cache: Path, epochs: int = 2) -> list[str]:
     """CLI options that shrink the default configs to a few seconds of training."""
     return [
-        "--data.data_dir", str(data_dir),
-        "--data.cache_dir", str(cache),
-        "--data.window", "256",
-        "--data.hop", "128",
-        "--data.n_fft", "64",
-        "--data.hop_length", "16",
-        "--data.f_max", "null",
-        "--data.batch_size", "16",
-        "--trainer.max_epochs", str(epochs),
-        "--trainer.default_root_dir", str(root),
-        "--report.llm", "false",
+        "--data.data_dir",
+        str(data_dir),
+        "--data.cache_dir",
+        str(cache),
+        "--data.window",
+        "256",
+        "--data.hop",
+        "128",
+        "--data.n_fft",
+        "64",
+        "--data.hop_length",
+        "16",
+        "--data.f_max",
+        "null",
+        "--data.batch_size",
+        "16",
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.default_root_dir",
+        str(root),
+        "--report.llm",
+        "false",
     ]
 
 
@@ -51,9 +62,12 @@ def tiny_model(config: str) -> list[str]:
     """Small widths for the architecture of ``config``."""
     if "resnet" in config:
         return [
-            "--model.init_args.stem_width", "8",
-            "--model.init_args.widths", "[8, 16]",
-            "--model.init_args.blocks_per_stage", "[1, 1]",
+            "--model.init_args.stem_width",
+            "8",
+            "--model.init_args.widths",
+            "[8, 16]",
+            "--model.init_args.blocks_per_stage",
+            "[1, 1]",
         ]
     return ["--model.init_args.widths", "[8, 16]"]
 

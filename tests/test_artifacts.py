@@ -1,4 +1,4 @@
-"""Run-folder artefacts after a real tiny fit, atomic writes, output capture, torch-free deployment."""
+"""Run-folder artefacts of a real tiny fit; atomic writes, output capture, torch-free deployment."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,8 +26,17 @@ CNN = str(REPO / "configs" / "cnn.yaml")
 @pytest.fixture(scope="module")
 def run(tiny_data, cache_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts") / "models"
-    main(["fit", "--config", CNN, *tiny_overrides(tiny_data, root, cache_dir, epochs=3), *tiny_model(CNN),
-          "--run_name", "card"])
+    main(
+        [
+            "fit",
+            "--config",
+            CNN,
+            *tiny_overrides(tiny_data, root, cache_dir, epochs=3),
+            *tiny_model(CNN),
+            "--run_name",
+            "card",
+        ]
+    )
     return root / "card"
 
 
@@ -86,11 +94,27 @@ def test_onnx_metadata_describes_the_input(run):
 
 def test_torch_free_predictor_equals_pipeline_predict(run, tiny_data, cache_dir, tmp_path):
     out = tmp_path / "pipeline"
-    main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best.ckpt"),
-          "--data.predict_data_dir", str(tiny_data), "--output", str(out)])
+    main(
+        [
+            "predict",
+            "--config",
+            str(run / "config.yaml"),
+            "--ckpt_path",
+            str(run / "checkpoints" / "best.ckpt"),
+            "--data.predict_data_dir",
+            str(tiny_data),
+            "--output",
+            str(out),
+        ]
+    )
     ours = pd.read_csv(out / "recording_predictions.csv").set_index("path").sort_index()
-    res = run_script(tmp_path, str(run / "export" / "model.onnx"), str(tiny_data),
-                     "--output", str(tmp_path / "gateway.csv"))
+    res = run_script(
+        tmp_path,
+        str(run / "export" / "model.onnx"),
+        str(tiny_data),
+        "--output",
+        str(tmp_path / "gateway.csv"),
+    )
     assert res.returncode == 0, res.stderr
     gateway = pd.read_csv(tmp_path / "gateway.csv").set_index("path").sort_index()
     assert list(gateway.index) == list(ours.index)
@@ -128,7 +152,9 @@ def test_killed_writer_never_leaves_a_truncated_file(tmp_path):
     target = tmp_path / "history.json"
     rng = np.random.default_rng(3)
     for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(target)], env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
         deadline = time.time() + 30
         while not target.exists() and time.time() < deadline:
             time.sleep(0.05)
@@ -173,10 +199,30 @@ def test_report_subcommand_rewrites_an_existing_run(run, capsys):
 
 def test_data_synth_command_writes_a_dataset(tmp_path):
     out = tmp_path / "frame"
-    assert main(["data", "synth", "--out", str(out), "--seed", "3", "--recordings-per-class", "3",
-                 "--samples", "1024"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(out),
+                "--seed",
+                "3",
+                "--recordings-per-class",
+                "3",
+                "--samples",
+                "1024",
+            ]
+        )
+        == 0
+    )
     manifest = pd.read_csv(out / "manifest.csv")
     assert len(manifest) == 15
-    assert set(manifest["label"]) == {"undamaged", "story1_stiffness_loss", "story2_stiffness_loss",
-                                      "story3_stiffness_loss", "bumper_contact"}
+    assert set(manifest["label"]) == {
+        "undamaged",
+        "story1_stiffness_loss",
+        "story2_stiffness_loss",
+        "story3_stiffness_loss",
+        "bumper_contact",
+    }
     assert main(["data", "nonsense"]) == 2

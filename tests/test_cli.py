@@ -64,9 +64,17 @@ def test_fit_writes_run_folder(config, tiny_args, capsys):
     assert [e["epoch"] for e in history["epochs"]] == [0, 1]
     info = json.loads((run / "model_info.json").read_text())
     # The model card's test accuracy is what `test` logged into metrics.csv.
-    assert info["test_metrics"]["accuracy"] == pytest.approx(metrics["test_acc"].dropna().iloc[-1], abs=1e-6)
+    assert info["test_metrics"]["accuracy"] == pytest.approx(
+        metrics["test_acc"].dropna().iloc[-1], abs=1e-6
+    )
     assert info["classes"] == sorted(
-        ["undamaged", "story1_stiffness_loss", "story2_stiffness_loss", "story3_stiffness_loss", "bumper_contact"]
+        [
+            "undamaged",
+            "story1_stiffness_loss",
+            "story2_stiffness_loss",
+            "story3_stiffness_loss",
+            "bumper_contact",
+        ]
     )
     assert "run folder:" in (run / "training_log.txt").read_text()
 
@@ -79,12 +87,26 @@ def test_validate_test_predict_with_checkpoints(fitted, tiny_data, cache_dir, tm
         for ckpt in ("best", "last", str(run / "checkpoints" / "best.ckpt")):
             main([sub, "--config", CNN, *common, "--run_name", "shared", "--ckpt_path", ckpt])
     out = tmp_path / "pred"
-    main(["predict", "--config", CNN, *common, "--run_name", "shared", "--ckpt_path", "best",
-          "--output", str(out)])
+    main(
+        [
+            "predict",
+            "--config",
+            CNN,
+            *common,
+            "--run_name",
+            "shared",
+            "--ckpt_path",
+            "best",
+            "--output",
+            str(out),
+        ]
+    )
     windows = pd.read_csv(out / "predictions.csv")
     recs = pd.read_csv(out / "recording_predictions.csv")
     classes = json.loads((run / "model_info.json").read_text())["classes"]
-    assert {"recording", "label", "start", "predicted", *[f"p_{c}" for c in classes]} <= set(windows.columns)
+    assert {"recording", "label", "start", "predicted", *[f"p_{c}" for c in classes]} <= set(
+        windows.columns
+    )
     probs = windows[[f"p_{c}" for c in classes]].to_numpy()
     assert abs(probs.sum(axis=1) - 1).max() < 1e-4
     assert set(recs["path"]) == set(windows["recording"])
@@ -97,22 +119,49 @@ def test_validate_test_predict_with_checkpoints(fitted, tiny_data, cache_dir, tm
 def test_export_subcommand_regenerates(fitted, tmp_path, capsys):
     run, _ = fitted
     out = tmp_path / "exp"
-    main(["export", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "best.ckpt"),
-          "--output", str(out)])
+    main(
+        [
+            "export",
+            "--config",
+            str(run / "config.yaml"),
+            "--ckpt_path",
+            str(run / "checkpoints" / "best.ckpt"),
+            "--output",
+            str(out),
+        ]
+    )
     assert (out / "model.onnx").stat().st_size > 1000
     assert (out / "model.ts.pt").stat().st_size > 1000
 
 
 def test_resume_continues_state(tiny_data, cache_dir, tmp_path):
     root = tmp_path / "models"
-    base = ["fit", "--config", CNN, *tiny_overrides(tiny_data, root, cache_dir, epochs=3), *tiny_model(CNN),
-            "--run_name", "r"]
+    base = [
+        "fit",
+        "--config",
+        CNN,
+        *tiny_overrides(tiny_data, root, cache_dir, epochs=3),
+        *tiny_model(CNN),
+        "--run_name",
+        "r",
+    ]
     main(base)
     last = root / "r" / "checkpoints" / "last.ckpt"
     saved = checkpoint_state(last)
     probe = tmp_path / "probe.json"
-    main([*base[:-2], "--trainer.max_epochs", "5", "--ckpt_path", "last", "--run_name", "r",
-          "--trainer.callbacks+=helpers.ResumeProbe", f"--trainer.callbacks.path={probe}"])
+    main(
+        [
+            *base[:-2],
+            "--trainer.max_epochs",
+            "5",
+            "--ckpt_path",
+            "last",
+            "--run_name",
+            "r",
+            "--trainer.callbacks+=helpers.ResumeProbe",
+            f"--trainer.callbacks.path={probe}",
+        ]
+    )
     resumed = json.loads(probe.read_text())
     assert resumed == pytest.approx(saved)
     history = json.loads((root / "r" / "training_history.json").read_text())
@@ -133,9 +182,20 @@ def test_custom_model_by_class_path(tiny_args, capsys):
 def test_same_seed_same_metrics(tiny_data, cache_dir, tmp_path, capsys):
     results = []
     for name in ("a", "b"):
-        main(["fit", "--config", CNN, *tiny_overrides(tiny_data, tmp_path / "m", cache_dir), *tiny_model(CNN),
-              "--run_name", name])
-        results.append(json.loads((tmp_path / "m" / name / "model_info.json").read_text())["test_metrics"])
+        main(
+            [
+                "fit",
+                "--config",
+                CNN,
+                *tiny_overrides(tiny_data, tmp_path / "m", cache_dir),
+                *tiny_model(CNN),
+                "--run_name",
+                name,
+            ]
+        )
+        results.append(
+            json.loads((tmp_path / "m" / name / "model_info.json").read_text())["test_metrics"]
+        )
     assert results[0] == results[1]
 
 
@@ -145,9 +205,22 @@ def test_bad_data_exits_2_without_traceback(tmp_path):
     (bad / "a.csv").write_text("x,y\n1,2\n3,oops\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run(
-        [sys.executable, "-m", "damage_lightning", "fit", "--config", CNN, "--data.data_dir", str(tmp_path / "bad"),
-         "--trainer.default_root_dir", str(tmp_path / "models")],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "damage_lightning",
+            "fit",
+            "--config",
+            CNN,
+            "--data.data_dir",
+            str(tmp_path / "bad"),
+            "--trainer.default_root_dir",
+            str(tmp_path / "models"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
@@ -161,11 +234,28 @@ def test_ddp_on_cpu(tiny_data, cache_dir, tmp_path):
     env.pop("DAMAGE_LIGHTNING_RUN_NAME", None)
     root = tmp_path / "models"
     res = subprocess.run(
-        [sys.executable, "-m", "damage_lightning", "fit", "--config", CNN,
-         *tiny_overrides(tiny_data, root, cache_dir), *tiny_model(CNN),
-         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-         "--run_name", "ddp"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "damage_lightning",
+            "fit",
+            "--config",
+            CNN,
+            *tiny_overrides(tiny_data, root, cache_dir),
+            *tiny_model(CNN),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            "--run_name",
+            "ddp",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr[-4000:]
     assert [p.name for p in root.iterdir()] == ["ddp"]
@@ -178,7 +268,9 @@ def test_ddp_on_cpu(tiny_data, cache_dir, tmp_path):
 
 def test_bf16_mixed_precision_trains_and_exports(tiny_args, capsys):
     # The GPU default for speed; CPU autocast runs the same code path (front end kept in float32).
-    main(["fit", "--config", CNN, *tiny_args, *tiny_model(CNN), "--trainer.precision", "bf16-mixed"])
+    main(
+        ["fit", "--config", CNN, *tiny_args, *tiny_model(CNN), "--trainer.precision", "bf16-mixed"]
+    )
     run = run_dir_from(capsys.readouterr().out)
     info = json.loads((run / "model_info.json").read_text())
     assert info["trainer"]["precision"] == "bf16-mixed"

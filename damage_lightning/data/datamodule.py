@@ -1,14 +1,16 @@
-"""DamageDataModule: recordings on disk to spectrogram batches, for the CLI, the runner and notebooks."""
+"""DamageDataModule: recordings on disk to spectrogram batches (CLI, runner and notebooks)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from damage_lightning.data import csv_io
@@ -238,8 +240,11 @@ class DamageDataModule(pl.LightningDataModule):
                 cache_dir=self.cache_dir,
             )
             ds.warnings[:0] = [w for w in self._spec_warnings if w not in ds.warnings]
-            for w in ds.warnings:
-                log.warning("data warning: %s", w)
+            if rank_zero_only.rank == 0:
+                # Printed (not only logged): the root logger has no console handler while the
+                # CLI copies output into training_log.txt, and users must see these warnings.
+                for w in ds.warnings:
+                    print(f"data warning: {w}", file=sys.stderr)
             self.dataset = ds
             self._channels = list(ds.channels)
             self._sample_rate = float(ds.sample_rate)
@@ -320,6 +325,11 @@ class DamageDataModule(pl.LightningDataModule):
         loader = WindowBatchLoader(
             self.dataset.waveforms, index, self._labels, self.window, batch_size=512
         )
+        # On the accelerator when there is one: the spectrograms of every training window are
+        # computed here once, which on a CPU takes as long as a training epoch's front end.
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if device is not None:
+            self.frontend.to(device)
         self.frontend.fit_normalization(batch[0] for batch in loader)
 
     # ----------------------------------------------------------------------------- loaders
@@ -386,7 +396,7 @@ class DamageDataModule(pl.LightningDataModule):
         )
 
     def predict_recordings(self) -> list[tuple[str, str | None]]:
-        """``(path, label or None)`` of the recordings the predict loader's ``recording`` indexes."""
+        """``(path, label or None)``, indexed by the predict batches' ``recording``."""
         if self.hparams.predict_data_dir:
             if self._predict is None:
                 self._predict = self._load_predict_recordings()
@@ -542,7 +552,8 @@ class DamageDataModule(pl.LightningDataModule):
                 Problem(
                     str(self.data_root),
                     "",
-                    f"the checkpoint was trained on classes {saved}, the data have {self.class_names}",
+                    f"the checkpoint was trained on classes {saved}, "
+                    f"the data have {self.class_names}",
                 )
             )
 
