@@ -107,7 +107,9 @@ def _assert_clean_run_folder(run: Path) -> None:
 def _kill_and_resume(seed: int, tiny_data: Path, cache: Path, tmp: Path) -> dict:
     """Kill a fit at a seeded point after its first checkpoint, then resume it to the end."""
     rng = random.Random(seed)
-    epochs = 6
+    # Enough epochs after the latest kill point that the kill lands in training even when an
+    # epoch of the tiny model takes a fraction of a second (an idle machine).
+    epochs = 10
     root = tmp / f"kill{seed}"
     root.mkdir()
     args = _long_run_args(tiny_data, cache, root / "models", root / "long.yaml", epochs)
@@ -120,7 +122,7 @@ def _kill_and_resume(seed: int, tiny_data: Path, cache: Path, tmp: Path) -> dict
         _wait_for(last, proc)
         # A seeded point inside training: after epoch k's history entry, plus a fraction of
         # an epoch, so the kill can land in training, validation or a checkpoint write.
-        k = rng.randrange(0, epochs - 2)
+        k = rng.randrange(0, epochs - 5)
         _wait_for_epoch(root / "models" / "r" / "training_history.json", k, proc)
         time.sleep(rng.uniform(0.0, 0.5))
         alive = proc.poll() is None
@@ -156,6 +158,7 @@ def test_sigkill_at_seeded_points_then_resume(tiny_data, cache_dir, tmp_path):
         )
     for r in results:
         assert r["alive"], "the run finished before the kill; make it longer"
+        assert r["saved"]["current_epoch"] < r["epochs"], "killed after training; make it longer"
         assert r["returncode"] == -signal.SIGKILL
         res = r["resume"]
         assert res.returncode == 0, res.stderr[-3000:]

@@ -33,7 +33,7 @@ CLASS_NAMES: tuple[str, ...] = (
 CHANNELS: tuple[str, ...] = ("base", "floor1", "floor2", "floor3")
 
 #: Bumped whenever the generated numbers change, so cached datasets of older versions are not used.
-DATASET_VERSION = "shear_frame_v1"
+DATASET_VERSION = "shear_frame_v2"
 MARKER_FILE = "synthetic_dataset.json"
 MANIFEST_FILE = "manifest.csv"
 
@@ -45,11 +45,12 @@ NOMINAL_STIFFNESSES = (4.0e6, 4.0e6, 4.0e6)
 DAMPING_RATIO = 0.02
 EXCITATION_BAND = (10.0, 350.0)
 
-# Per-recording variation. Damage: 15-30 % stiffness loss in one story, or a bumper gap of
+# Per-recording variation. Damage: 10-30 % stiffness loss in one story, or a bumper gap of
 # 0.6-1.2 x the RMS floor-3-to-floor-2 drift of the linear response (so contacts happen). Losses
-# below 15 % are within what the nuisance variation below can mimic in a 1 s window; with them a CNN
-# on 1024-sample windows stayed near 0.90-0.94 accuracy, with 15-30 % it reaches 0.97-0.98.
-SEVERITY_RANGE = (0.15, 0.30)
+# near 10 % are close to what the nuisance variation below can mimic in a 1 s window: that is what
+# keeps the task from being trivial. A 256-point spectrogram (4 Hz bins) left the default CNN at
+# 0.95 test accuracy; 512 points (2 Hz bins, configs/cnn.yaml) resolve the shifts better.
+SEVERITY_RANGE = (0.10, 0.30)
 GAP_RATIO_RANGE = (0.6, 1.2)
 CONTACT_STIFFNESS_FACTOR = 3.0  # contact spring / nominal story stiffness: a stiff bumper
 # Not damage: global stiffness drift (temperature), added mass at one floor, excitation level
@@ -755,7 +756,7 @@ def default_dataset_dir(cache_dir: str | Path | None = None, seed: int = 0) -> P
         seed: the dataset seed.
 
     Returns:
-        ``<cache>/synthetic/shear_frame_v1_seed<seed>``.
+        ``<cache>/synthetic/shear_frame_v2_seed<seed>``.
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return generate_dataset(root / "synthetic" / f"{DATASET_VERSION}_seed{int(seed)}", seed=seed)

@@ -268,7 +268,7 @@ def test_recordings_have_the_documented_shape_and_metadata(recordings):
         assert abs(np.sqrt(np.mean(data[0] ** 2.0)) / meta["excitation_rms"] - 1) < 0.2
         if label.startswith("story"):
             assert meta["damaged_story"] == int(label[5])
-            assert 0.15 <= meta["severity"] <= 0.30
+            assert 0.10 <= meta["severity"] <= 0.30
         else:
             assert meta["damaged_story"] == 0 and meta["severity"] == 0
         if label == "bumper_contact":
@@ -475,12 +475,12 @@ def test_default_dataset_dir_uses_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(syn, "generate_dataset", functools.partial(generate_dataset, **TINY))
     monkeypatch.setenv("DAMAGE_LIGHTNING_CACHE", str(tmp_path / "env"))
     path = default_dataset_dir()
-    assert path == tmp_path / "env" / "synthetic" / "shear_frame_v1_seed0"
+    assert path == tmp_path / "env" / "synthetic" / "shear_frame_v2_seed0"
     assert (path / "manifest.csv").is_file()
     mtime = (path / syn.MARKER_FILE).stat().st_mtime_ns
     assert default_dataset_dir() == path and (path / syn.MARKER_FILE).stat().st_mtime_ns == mtime
     explicit = default_dataset_dir(tmp_path / "cache", seed=5)
-    assert explicit == tmp_path / "cache" / "synthetic" / "shear_frame_v1_seed5"
+    assert explicit == tmp_path / "cache" / "synthetic" / "shear_frame_v2_seed5"
     assert json.loads((explicit / syn.MARKER_FILE).read_text())["parameters"]["seed"] == 5
 
 
