@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+_NPY_HEADER_LOCK = threading.Lock()
+
 #: Bump when the layout of an entry or the meaning of a cached array changes; old entries then miss.
 CACHE_FORMAT_VERSION = 1
 
@@ -167,7 +169,11 @@ class WaveformCache:
             info = json.loads(side.read_text(encoding="utf-8"))
             if not isinstance(info, dict) or info.get("format") != CACHE_FORMAT_VERSION:
                 raise ValueError("sidecar format")
-            arr = np.load(npy, mmap_mode="r", allow_pickle=False)
+            # np.load parses the .npy header with ast.literal_eval; CPython 3.11 can raise
+            # "SystemError: AST constructor recursion depth mismatch" when threads (load_dataset
+            # reads files in parallel) parse at the same time, so headers are read one at a time.
+            with _NPY_HEADER_LOCK:
+                arr = np.load(npy, mmap_mode="r", allow_pickle=False)
             if (
                 list(arr.shape) != list(info["shape"])
                 or str(arr.dtype) != info["dtype"]
