@@ -78,17 +78,9 @@ class DamageTrainer(Trainer):
         )
         check_writable(out_dir)
         deployable, info = deployable_from_checkpoint(ckpt_path)
-        from damage_lightning.export import build_metadata
-
-        metadata = build_metadata(
-            info["class_names"],
-            info["channels"],
-            info["sample_rate"],
-            info["window"],
-            info["hop"],
-            info["frontend_settings"],
+        result = export_all(
+            deployable, out_dir, len(info["channels"]), info["window"], info["metadata"]
         )
-        result = export_all(deployable, out_dir, len(info["channels"]), info["window"], metadata)
         for kind, entry in result.items():
             print(f"{kind}: {entry['path']}")
         return result
