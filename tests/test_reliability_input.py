@@ -397,7 +397,7 @@ CASES = [
         "empty_label_folder",
         _empty_label_folder,
         "valid",
-        warning="rusted/: label folder contains no CSV file",
+        warning="rusted/: label folder contains no recording file",
     ),
     Case(
         "flat_channel",

@@ -13,12 +13,20 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
-from damage_lightning.data import csv_io
-from damage_lightning.data.cache import default_cache_dir
 from damage_lightning.data.frontend import SpectrogramFrontend
 from damage_lightning.data.splits import SplitPlan, plan_splits
-from damage_lightning.data.windows import WindowBatchLoader, build_window_index, window_starts
+from damage_lightning.data.windows import WindowBatchLoader, build_window_index
 from damage_lightning.errors import DataValidationError, Problem
+from damage_lightning.io.cache import default_cache_dir
+from damage_lightning.io.dataset import (
+    LoadedDataset,
+    load_dataset,
+    load_recording,
+    read_channel_names,
+)
+from damage_lightning.io.discovery import RecordingSpec, discover_with_warnings, find_recordings
+from damage_lightning.io.readers.base import ReaderOptions
+from damage_lightning.io.windows import window_starts
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +39,7 @@ DEVICE_MEMORY_SHARE = 0.25
 
 
 class DamageDataModule(pl.LightningDataModule):
-    """Labelled vibration recordings (CSV) as waveform windows and spectrogram batches.
+    """Labelled vibration recordings (CSV, .mat, .tdms, .wav, Parquet) as windows and spectrograms.
 
     With no ``data_dir`` the built-in simulated shear-frame dataset is generated once into the
     cache folder and used. ``num_classes``, ``class_names``, ``in_channels`` and ``input_shape``
@@ -41,7 +49,7 @@ class DamageDataModule(pl.LightningDataModule):
     gives the same spectrograms in a notebook.
 
     Args:
-        data_dir: folder of recordings: ``<label>/<recording>.csv`` or a ``manifest.csv``
+        data_dir: folder of recordings: ``<label>/<recording>.<ext>`` or a ``manifest.csv``
             (columns ``path,label`` and optionally ``group``, ``split``, ``sample_rate``).
             ``None`` uses the built-in simulated dataset.
         manifest: manifest file (relative to ``data_dir`` or absolute) when not ``manifest.csv``.
@@ -77,6 +85,12 @@ class DamageDataModule(pl.LightningDataModule):
         predict_data_dir: recordings to predict (a folder or one CSV); ``None`` predicts the
             test split. Labels are taken from sub-folder names or a manifest when present.
         synthetic_seed: seed of the built-in dataset (``data_dir: null``).
+        variables: MATLAB ``.mat`` recordings: glob patterns of the variables to read, one channel
+            each, named by the pattern without its wildcards (``["*_DE_time"]`` reads
+            ``X097_DE_time`` of one file and ``X105_DE_time`` of the next as channel
+            ``DE_time``). ``None`` takes a file's single numeric array.
+        tdms_group: NI ``.tdms`` recordings: the group to read (``None``: the only group with
+            data).
     """
 
     def __init__(
@@ -106,6 +120,8 @@ class DamageDataModule(pl.LightningDataModule):
         device_data: Literal["auto", "on", "off"] = "auto",
         predict_data_dir: str | None = None,
         synthetic_seed: int = 0,
+        variables: list[str] | None = None,
+        tdms_group: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -121,18 +137,24 @@ class DamageDataModule(pl.LightningDataModule):
         self.window = int(window)
         self.batch_size = int(batch_size)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self._specs: list[csv_io.RecordingSpec] | None = None
+        self._specs: list[RecordingSpec] | None = None
         self._spec_warnings: list[Problem] = []
         self._channels: list[str] | None = list(channels) if channels else None
         self._sample_rate: float | None = float(sample_rate) if sample_rate else None
         self.frontend: SpectrogramFrontend | None = None
-        self.dataset: csv_io.LoadedDataset | None = None
+        self.dataset: LoadedDataset | None = None
         self.plan: SplitPlan | None = None
         self.indices: dict[str, np.ndarray] = {}
         self._labels: np.ndarray | None = None
         self._device: torch.device | None = None
         self._predict: tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]] | None = None
         self._frontend_state: dict[str, Tensor] | None = None
+
+    @property
+    def reader_options(self) -> ReaderOptions:
+        """Format options handed to the readers (``.mat`` variables, ``.tdms`` group)."""
+        variables = self.hparams.variables
+        return ReaderOptions(tuple(variables) if variables else None, self.hparams.tdms_group)
 
     # ----------------------------------------------------------------- lazy facts from the files
     @property
@@ -145,10 +167,10 @@ class DamageDataModule(pl.LightningDataModule):
         return default_dataset_dir(self.cache_dir, seed=self.hparams.synthetic_seed)
 
     @property
-    def recordings(self) -> list[csv_io.RecordingSpec]:
+    def recordings(self) -> list[RecordingSpec]:
         """The recordings found in ``data_dir`` (discovery only; files are read in ``setup``)."""
         if self._specs is None:
-            self._specs, self._spec_warnings = csv_io.discover_with_warnings(
+            self._specs, self._spec_warnings = discover_with_warnings(
                 self.data_root, self.hparams.manifest
             )
         return self._specs
@@ -172,7 +194,7 @@ class DamageDataModule(pl.LightningDataModule):
             if self.dataset is not None:
                 self._channels = list(self.dataset.channels)
             else:
-                self._channels = csv_io.read_header(self.recordings[0].path)
+                self._channels = read_channel_names(self.recordings[0].path, self.reader_options)
         return list(self._channels)
 
     @property
@@ -229,15 +251,16 @@ class DamageDataModule(pl.LightningDataModule):
         """Generate the built-in dataset and fill the waveform cache (once, on one process)."""
         self._load()
 
-    def _load(self) -> csv_io.LoadedDataset:
+    def _load(self) -> LoadedDataset:
         if self.dataset is None:
-            ds = csv_io.load_dataset(
+            ds = load_dataset(
                 self.data_root,
                 self.hparams.manifest,
                 channels=self._channels,
                 sample_rate=self._sample_rate,
                 min_samples=self.window,
                 cache_dir=self.cache_dir,
+                options=self.reader_options,
             )
             ds.warnings[:0] = [w for w in self._spec_warnings if w not in ds.warnings]
             if rank_zero_only.rank == 0:
@@ -409,34 +432,24 @@ class DamageDataModule(pl.LightningDataModule):
     def _load_predict_recordings(
         self,
     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]]:
-        root = Path(self.hparams.predict_data_dir).expanduser()
-        found = find_prediction_files(root)
+        # The same discovery, reading, validation, resampling and windowing as the gateway's
+        # torch-free predictor (damage_lightning.deploy), so both see identical windows.
         problems: list[Problem] = []
         waveforms: list[np.ndarray] = []
         labels: list[int] = []
         paths: list[str] = []
         names = self.class_names
-        for path, rel, label in found:
+        for spec in find_recordings(self.hparams.predict_data_dir):
             try:
-                data, _, rate = csv_io.read_recording(path, self.channels, display=rel)
+                rec = load_recording(
+                    spec, self.channels, self.sample_rate, self.reader_options, self.window
+                )
             except DataValidationError as exc:
                 problems.extend(exc.problems)
                 continue
-            if rate is not None and abs(rate - self.sample_rate) > 1e-6 * self.sample_rate:
-                data, _ = csv_io.resample(data, rate, self.sample_rate)
-            if data.shape[1] < self.window:
-                problems.append(
-                    Problem(
-                        rel,
-                        "",
-                        f"recording has {data.shape[1]} samples, fewer than one window "
-                        f"({self.window})",
-                    )
-                )
-                continue
-            waveforms.append(data)
-            labels.append(names.index(label) if label in names else -1)
-            paths.append(rel)
+            waveforms.append(rec.data)
+            labels.append(names.index(spec.label) if spec.label in names else -1)
+            paths.append(spec.relpath)
         if problems:
             raise DataValidationError(problems)
         parts = []
@@ -556,32 +569,3 @@ class DamageDataModule(pl.LightningDataModule):
                     f"the data have {self.class_names}",
                 )
             )
-
-
-def find_prediction_files(root: Path) -> list[tuple[Path, str, str | None]]:
-    """``(file, path relative to root, label or None)`` of the recordings under ``root``.
-
-    A single CSV, a folder with a manifest or label sub-folders (labels known), or a folder of
-    CSVs (unlabelled). Relative paths are those ``scripts/onnx_predict.py`` prints.
-    """
-    if root.is_file():
-        return [(root, root.name, None)]
-    if not root.is_dir():
-        raise DataValidationError(Problem(str(root), "", "no such file or folder to predict"))
-    if (root / "manifest.csv").is_file():
-        return [(r.path, r.relpath, r.label) for r in csv_io.discover(root)]
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.name.lower().endswith((".csv", ".csv.gz"))
-        and p.name.lower() != "manifest.csv"
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not files:
-        raise DataValidationError(Problem(str(root), "", "no CSV recordings found to predict"))
-    out = []
-    for p in files:
-        rel = p.relative_to(root)
-        out.append((p, rel.as_posix(), rel.parts[0] if len(rel.parts) > 1 else None))
-    return out

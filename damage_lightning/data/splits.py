@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from damage_lightning.errors import DataValidationError, Problem
+from damage_lightning.io.windows import count_windows
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
 STRATEGIES = ("explicit", "group", "recording", "block")
@@ -176,7 +177,7 @@ class SplitPlan:
                 "groups": len({keys[s.recording] for s in segs}),
                 "samples": int(sum(s.stop - s.start for s in segs)),
                 "windows": int(
-                    sum(_n_windows(s.stop - s.start, self.window, self.hop) for s in segs)
+                    sum(count_windows(s.stop - s.start, self.window, self.hop) for s in segs)
                 ),
             }
         return out
@@ -307,11 +308,6 @@ def plan_splits(
         hop=int(hop),
         gap=int(window) if strategy == "block" else 0,
     )
-
-
-def _n_windows(n_samples: int, window: int, hop: int) -> int:
-    """Windows of ``window`` samples at ``hop`` that fit in ``n_samples``."""
-    return 0 if n_samples < window else (n_samples - window) // hop + 1
 
 
 def _clean_optional(values: list[Any] | None) -> list[Any] | None:
@@ -601,7 +597,7 @@ def _plan_groups(
     for i, key in enumerate(keys):
         g = key_pos[key]
         members[g].append(i)
-        weight[g, class_pos[labels[i]]] += _n_windows(lengths[i], window, hop)
+        weight[g, class_pos[labels[i]]] += count_windows(lengths[i], window, hop)
     present = weight > 0
 
     problems = []

@@ -23,6 +23,8 @@ import numpy as np
 import scipy.linalg
 import scipy.signal
 
+from damage_lightning.io.cache import default_cache_dir
+
 CLASS_NAMES: tuple[str, ...] = (
     "undamaged",
     "story1_stiffness_loss",
@@ -737,12 +739,6 @@ def generate_dataset(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def default_cache_dir() -> Path:
-    """The cache root: ``$DAMAGE_LIGHTNING_CACHE`` or ``~/.cache/damage_lightning``."""
-    env = os.environ.get("DAMAGE_LIGHTNING_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "damage_lightning"
 
 
 def default_dataset_dir(cache_dir: str | Path | None = None, seed: int = 0) -> Path:

@@ -16,27 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch import Tensor
 
 from damage_lightning.data.splits import SplitPlan
-
-
-def window_starts(start: int, stop: int, window: int, hop: int) -> np.ndarray:
-    """Start samples of the windows that fit in ``[start, stop)``.
-
-    Args:
-        start: first sample of the range.
-        stop: end of the range (exclusive).
-        window: window length in samples.
-        hop: samples between window starts.
-
-    Returns:
-        int64 array of starts ``s = start + k * hop`` with ``s + window <= stop`` (empty when the
-        range is shorter than one window).
-    """
-    if window < 1 or hop < 1:
-        raise ValueError(f"window and hop must be positive, got window={window}, hop={hop}")
-    last = stop - window
-    if last < start:
-        return np.zeros(0, dtype=np.int64)
-    return np.arange(start, last + 1, hop, dtype=np.int64)
+from damage_lightning.io.windows import window_starts
 
 
 def build_window_index(plan: SplitPlan, split: str, window: int, hop: int) -> np.ndarray:

@@ -1,7 +1,10 @@
-"""On-disk cache of parsed waveforms: one checksummed ``.npy`` per recording, memory-mapped.
+"""On-disk cache of parsed waveforms: one checksummed raw float32 file per recording, memory-mapped.
 
-A second run over the same CSV files skips parsing entirely; any entry that does not verify is
-treated as missing, deleted and rebuilt, never used.
+A second run over the same files skips parsing entirely; any entry that does not verify is
+treated as missing, deleted and rebuilt, never used. The array file is raw little-endian float32
+samples with shape and checksum in a JSON sidecar, mapped with ``np.memmap``: nothing parses a
+header with ``ast`` (``np.load`` does, and CPython 3.11's ``ast`` raises ``SystemError`` when
+threads parse at once), so parallel loads are safe by construction, not by a lock.
 """
 
 from __future__ import annotations
@@ -18,10 +21,8 @@ from typing import Any
 
 import numpy as np
 
-_NPY_HEADER_LOCK = threading.Lock()
-
 #: Bump when the layout of an entry or the meaning of a cached array changes; old entries then miss.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 
 #: How much of the source file is hashed at its start, middle and end (256 KiB each: hashing
 #: 3 MiB instead cost ~7 % of a cold load of the CWRU files, for no realistic gain).
@@ -67,18 +68,30 @@ def content_hash(path: Path, chunk: int = HASH_CHUNK) -> str:
     return h.hexdigest()
 
 
+def _map(path: Path, info: dict[str, Any]) -> np.ndarray:
+    """Memory-map an entry's samples; any mismatch with the sidecar raises ``ValueError``."""
+    shape = tuple(int(n) for n in info["shape"])
+    if len(shape) != 2 or min(shape) < 1 or info["dtype"] != "float32":
+        raise ValueError("sidecar shape or dtype")
+    if path.stat().st_size != shape[0] * shape[1] * 4:
+        raise ValueError("entry size does not match its sidecar")
+    return np.memmap(path, dtype="<f4", mode="r", shape=shape, order="C")
+
+
 def _crc32(data: np.ndarray) -> int:
+    # The shape is part of the checksum: raw samples alone cannot tell (2, 50) from (1, 100).
     # zlib.crc32 releases the GIL on large buffers, so verifying in worker threads overlaps.
-    return zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B")) & 0xFFFFFFFF
+    seed = zlib.crc32(repr(tuple(int(n) for n in data.shape)).encode("ascii"))
+    return zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B"), seed) & 0xFFFFFFFF
 
 
 class WaveformCache:
     """Parsed waveforms on disk, keyed by the source file and the settings that shaped the array.
 
-    Each entry is ``waveforms/<slot>/<version>.npy`` (the float32 ``(channels, samples)`` array
-    written with ``np.save``) plus ``<version>.json`` beside it (shape, dtype, CRC32 of the array
-    bytes, and the caller's meta such as channel names and sample rate). ``slot`` hashes the
-    absolute path and the settings, ``version`` hashes size, ``mtime_ns`` and
+    Each entry is ``waveforms/<slot>/<version>.f32`` (the float32 ``(channels, samples)`` array
+    as raw little-endian bytes, C order) plus ``<version>.json`` beside it (shape, dtype, CRC32 of
+    the array bytes, and the caller's meta such as channel names and sample rate). ``slot``
+    hashes the absolute path and the settings, ``version`` hashes size, ``mtime_ns`` and
     :func:`content_hash` of the file; an edited file therefore gets a new entry and the stale one
     in its slot folder is removed (a folder per slot keeps that cheap with thousands of files).
 
@@ -131,13 +144,13 @@ class WaveformCache:
         return f"{slot}-{version}", stamp, digest
 
     def entry_files(self, key: str) -> tuple[Path, Path]:
-        """Return the ``(.npy, .json)`` paths of the entry named ``key`` (see :meth:`key`).
+        """Return the ``(.f32, .json)`` paths of the entry named ``key`` (see :meth:`key`).
 
         Args:
             key: an entry name from :meth:`key`.
         """
         slot, version = key.split("-", 1)
-        return self.dir / slot / f"{version}.npy", self.dir / slot / f"{version}.json"
+        return self.dir / slot / f"{version}.f32", self.dir / slot / f"{version}.json"
 
     def _drop(self, key: str) -> None:
         for p in self.entry_files(key):
@@ -158,8 +171,8 @@ class WaveformCache:
             key, stamp, digest = self._key(path, settings)
         except OSError:
             return None
-        npy, side = self.entry_files(key)
-        if not npy.exists() and not side.exists():
+        samples, side = self.entry_files(key)
+        if not samples.exists() and not side.exists():
             with self._lock:
                 if len(self._pending) > 1024:
                     self._pending.clear()
@@ -169,18 +182,8 @@ class WaveformCache:
             info = json.loads(side.read_text(encoding="utf-8"))
             if not isinstance(info, dict) or info.get("format") != CACHE_FORMAT_VERSION:
                 raise ValueError("sidecar format")
-            # np.load parses the .npy header with ast.literal_eval; CPython 3.11 can raise
-            # "SystemError: AST constructor recursion depth mismatch" when threads (load_dataset
-            # reads files in parallel) parse at the same time, so headers are read one at a time.
-            with _NPY_HEADER_LOCK:
-                arr = np.load(npy, mmap_mode="r", allow_pickle=False)
-            if (
-                list(arr.shape) != list(info["shape"])
-                or str(arr.dtype) != info["dtype"]
-                or arr.ndim != 2
-                or not arr.flags.c_contiguous
-                or _crc32(arr) != int(info["crc32"])
-            ):
+            arr = _map(samples, info)
+            if _crc32(arr) != int(info["crc32"]):
                 raise ValueError("entry does not match its sidecar")
             meta = info["meta"]
             if not isinstance(meta, dict):
@@ -206,11 +209,11 @@ class WaveformCache:
         if data.ndim != 2:
             raise ValueError(f"cache entries are 2-D (channels, samples), got shape {data.shape}")
         key = self._key(path, settings, reuse=True)[0]
-        npy, side = self.entry_files(key)
-        npy.parent.mkdir(parents=True, exist_ok=True)
-        for stale in npy.parent.iterdir():
+        samples, side = self.entry_files(key)
+        samples.parent.mkdir(parents=True, exist_ok=True)
+        for stale in samples.parent.iterdir():
             # An earlier version of the same file with the same settings can never hit again.
-            if stale.stem != npy.stem and not stale.name.startswith(_TMP_PREFIX):
+            if stale.stem != samples.stem and not stale.name.startswith(_TMP_PREFIX):
                 with contextlib.suppress(OSError):
                     stale.unlink()
         info: dict[str, Any] = {
@@ -221,10 +224,12 @@ class WaveformCache:
             "crc32": _crc32(data),
             "meta": meta,
         }
-        self._write_atomic(npy, lambda fh: np.save(fh, data, allow_pickle=False))
+        self._write_atomic(
+            samples, lambda fh: fh.write(memoryview(data.astype("<f4", copy=False)).cast("B"))
+        )
         text = json.dumps(info, ensure_ascii=False, allow_nan=False).encode("utf-8")
         self._write_atomic(side, lambda fh: fh.write(text))
-        return np.load(npy, mmap_mode="r", allow_pickle=False)
+        return _map(samples, info)
 
     def _write_atomic(self, target: Path, write: Any) -> None:
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + target.name + ".", dir=target.parent)

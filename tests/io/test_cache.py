@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from damage_lightning.data.cache import WaveformCache, default_cache_dir
+from damage_lightning.io.cache import WaveformCache, default_cache_dir
 
 SETTINGS = {"parser": 1, "channels": None, "sample_rate": 100.0}
 
@@ -79,7 +79,7 @@ def test_edit_of_source_misses_and_drops_stale_entry(tmp_path, source, array):
     assert cache.get(source, SETTINGS) is None
     cache.put(source, SETTINGS, array[:, :2], {"channels": ["a", "b"]})
     assert not old_npy.exists(), "the entry of the old file version must be removed"
-    assert len(list(cache.dir.rglob("*.npy"))) == 1
+    assert len(list(cache.dir.rglob("*.f32"))) == 1
 
 
 def _truncate(npy: Path, side: Path) -> None:
@@ -88,7 +88,7 @@ def _truncate(npy: Path, side: Path) -> None:
 
 def _flip_data_byte(npy: Path, side: Path) -> None:
     raw = bytearray(npy.read_bytes())
-    raw[-5] ^= 0xFF  # inside the array data, after the .npy header
+    raw[-5] ^= 0xFF  # inside the array data
     npy.write_bytes(bytes(raw))
 
 
@@ -171,3 +171,44 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / ".cache" / "damage_lightning"
     monkeypatch.delenv("DAMAGE_LIGHTNING_CACHE")
     assert default_cache_dir() == tmp_path / ".cache" / "damage_lightning"
+
+
+def test_entries_are_read_without_parsing_python_literals(tmp_path, source, array, monkeypatch):
+    # np.load parses .npy headers with ast, which CPython 3.11 breaks under threads; the cache
+    # must not depend on it at all.
+    import ast
+
+    def no_ast(*args, **kwargs):
+        raise AssertionError("the cache parsed a Python literal")
+
+    monkeypatch.setattr(ast, "literal_eval", no_ast)
+    monkeypatch.setattr(ast, "parse", no_ast)
+    cache = WaveformCache(tmp_path / "cache")
+    np.testing.assert_array_equal(cache.put(source, SETTINGS, array, {}), array)
+    np.testing.assert_array_equal(cache.get(source, SETTINGS)[0], array)
+
+
+def test_cold_cache_parallel_loads_never_fail(tmp_path):
+    # A stress test of the first-run path: many files, a cold cache, parallel loads, 100 times.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from damage_lightning.io.dataset import load_dataset
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(3)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(24):
+            values = rng.standard_normal((64, 2)).astype(np.float32)
+            text = "x,y\n" + "".join(f"{u:.6f},{v:.6f}\n" for u, v in values)
+            (root / label / f"r{i}.csv").write_text(text)
+    reference = load_dataset(root, sample_rate=100.0)
+
+    def load(k: int) -> int:
+        ds = load_dataset(root, sample_rate=100.0, cache_dir=tmp_path / f"cache{k % 50}")
+        for got, want in zip(ds.waveforms, reference.waveforms, strict=True):
+            np.testing.assert_array_equal(got, want)
+        return len(ds.waveforms)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(load, range(100))) == [48] * 100

@@ -1,4 +1,4 @@
-"""Tests for discovering, reading and validating recordings (csv_io) on tiny generated files."""
+"""Tests for discovering, reading and validating recordings (damage_lightning.io) on tiny files."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from damage_lightning.data import csv_io
-from damage_lightning.data.csv_io import (
-    discover,
-    discover_with_warnings,
-    load_dataset,
-    read_header,
-    read_recording,
-)
 from damage_lightning.errors import DataValidationError
+from damage_lightning.io import checks, dataset
+from damage_lightning.io.dataset import load_dataset
+from damage_lightning.io.dataset import read_channel_names as read_header
+from damage_lightning.io.discovery import discover, discover_with_warnings
+from damage_lightning.io.readers import csv as csv_reader
+
+
+def read_recording(path, channels=None, display=None):
+    """``(data, channel names, rate)`` of one file, as the package reads it."""
+    raw = dataset.read_recording(path, channels, display)
+    return raw.data, raw.channels, raw.sample_rate
 
 CWRU = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cwru_0hp_10class"
 RNG = np.random.default_rng(1234)
@@ -83,7 +86,7 @@ def test_discover_folder_per_class(tmp_path):
     assert all(s.path.is_absolute() and s.path.exists() for s in specs)
     assert all(s.group is None and s.split is None and s.sample_rate is None for s in specs)
     text = "\n".join(map(str, warnings))
-    assert "empty_class/" in text and "no CSV" in text
+    assert "empty_class/" in text and "no recording file" in text
     assert "loose.csv" in text and "ignored" in text
     assert discover(tmp_path) == specs
 
@@ -319,7 +322,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
         def deny(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(csv_io, "open", deny, raising=False)
+        monkeypatch.setattr(csv_reader, "open", deny, raising=False)
     else:
         path.chmod(0)
     err = error_of(read_recording, path)
@@ -445,7 +448,7 @@ def test_resampling_to_configured_rate(tmp_path):
 
 def test_resample_rational_approximation():
     x = np.zeros((1, 12000), np.float32)
-    y, rate = csv_io.resample(x, 12000.0, 1024.0)
+    y, rate = checks.resample(x, 12000.0, 1024.0)
     assert y.shape == (1, 1024) and rate == pytest.approx(1024.0)
 
 
@@ -473,21 +476,21 @@ def test_warnings_flat_and_clipped_channels(tmp_path):
     text = [str(w) for w in ds.warnings]
     assert any("healthy/r0.csv (column 'y')" in w and "constant (flat line" in w for w in text)
     assert any("healthy/r0.csv (column 'x')" in w and "clipped" in w for w in text)
-    assert any("empty/" in w and "no CSV" in w for w in text)
+    assert any("empty/" in w and "no recording file" in w for w in text)
     assert len(text) == 3  # the clean noise recordings raise nothing
 
 
 def test_clipping_rule_ignores_single_peaks():
     x = np.sin(np.linspace(0, 20 * np.pi, 5000)).astype(np.float32)[None]
-    assert csv_io.channel_warnings(x, ["s"]) == []
+    assert checks.channel_warnings(x, ["s"]) == []
     y = x.copy()
     y[0, 100:103] = y.max()  # one short run at the max: 3 of 5000 samples, below 0.1 %
-    assert csv_io.channel_warnings(y, ["s"]) == []
+    assert checks.channel_warnings(y, ["s"]) == []
     y[0, 200:210] = y.max()
-    assert "runs of 3 or more" in csv_io.channel_warnings(y, ["s"])[0][1]
+    assert "runs of 3 or more" in checks.channel_warnings(y, ["s"])[0][1]
     # Broadband noise through a saturating sensor: isolated samples at the rail.
     z = np.clip(np.random.default_rng(0).standard_normal((1, 5000)), -2.0, 2.0)
-    assert "sit exactly at its" in csv_io.channel_warnings(z.astype(np.float32), ["z"])[0][1]
+    assert "sit exactly at its" in checks.channel_warnings(z.astype(np.float32), ["z"])[0][1]
 
 
 def test_cache_hit_skips_parsing(tmp_path, monkeypatch):
@@ -499,7 +502,7 @@ def test_cache_hit_skips_parsing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("parsed although cached")
 
-    monkeypatch.setattr(csv_io, "read_recording", boom)
+    monkeypatch.setattr(dataset, "read_recording", boom)
     second = load_dataset(root, cache_dir=cache)
     assert second.channels == first.channels and second.sample_rate == first.sample_rate
     for a, b in zip(first.waveforms, second.waveforms, strict=True):
@@ -530,7 +533,7 @@ def test_corrupt_cache_entry_is_rebuilt(tmp_path, damage):
     root = make_folder(tmp_path / "data")
     cache = tmp_path / "cache"
     expected = [np.array(w) for w in load_dataset(root, cache_dir=cache).waveforms]
-    npy = sorted((cache / "waveforms").rglob("*.npy"))[0]
+    npy = sorted((cache / "waveforms").rglob("*.f32"))[0]
     side = npy.with_suffix(".json")
     if damage == "truncate":
         npy.write_bytes(npy.read_bytes()[:-100])
@@ -544,7 +547,7 @@ def test_corrupt_cache_entry_is_rebuilt(tmp_path, damage):
     for a, b in zip(expected, ds.waveforms, strict=True):
         np.testing.assert_array_equal(a, b)
     assert npy.exists() and side.exists()  # rebuilt
-    assert len(list((cache / "waveforms").rglob("*.npy"))) == 4
+    assert len(list((cache / "waveforms").rglob("*.f32"))) == 4
 
 
 def test_unwritable_cache_warns_and_continues(tmp_path):
@@ -567,15 +570,15 @@ def test_invalid_configured_sample_rate(tmp_path):
     assert "positive" in str(err)
 
 
-def test_csv_io_imports_without_torch():
+def test_io_imports_without_torch():
     code = (
-        "import sys, damage_lightning.data.csv_io, damage_lightning.data.cache; "
+        "import sys, damage_lightning.io.dataset, damage_lightning.io.cache; "
         "sys.exit(int(any(m == 'torch' or m.startswith('torch.') for m in sys.modules)))"
     )
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, check=False)
-    assert result.returncode == 0, "csv_io/cache must not import torch"
+    assert result.returncode == 0, "damage_lightning.io must not import torch"
 
 
 # --------------------------------------------------------------------------------- real data
