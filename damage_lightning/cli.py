@@ -28,7 +28,7 @@ from damage_lightning.artifacts import (
     capture_output,
     check_writable,
 )
-from damage_lightning.callbacks import RunArtifacts, finalize_run, write_predictions
+from damage_lightning.callbacks import RunArtifacts
 from damage_lightning.data.datamodule import DamageDataModule
 from damage_lightning.errors import (
     DataValidationError,
@@ -37,6 +37,7 @@ from damage_lightning.errors import (
     Problem,
 )
 from damage_lightning.models.base import DamageClassifier, TrainingDivergedError
+from damage_lightning.run import finalize_run, write_predictions
 
 RUN_NAME_ENV = "DAMAGE_LIGHTNING_RUN_NAME"
 
@@ -77,10 +78,8 @@ class DamageTrainer(Trainer):
             getattr(self, "_export_dir", None) or Path(ckpt_path).parent.parent / "export"
         )
         check_writable(out_dir)
-        deployable, info = deployable_from_checkpoint(ckpt_path)
-        result = export_all(
-            deployable, out_dir, len(info["channels"]), info["window"], info["metadata"]
-        )
+        deployable, spec = deployable_from_checkpoint(ckpt_path)
+        result = export_all(deployable, out_dir, spec.metadata())
         for kind, entry in result.items():
             print(f"{kind}: {entry['path']}")
         return result

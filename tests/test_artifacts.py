@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, tiny_model, tiny_overrides
-from test_onnx_predict import run_script
+from gateway import run_script
 
 from damage_lightning.artifacts import TMP_PREFIX, atomic_write_json, capture_output, sha256_file
 from damage_lightning.cli import main
-from damage_lightning.export import read_onnx_metadata
+from damage_lightning.deploy.session import read_onnx_metadata
 
 CNN = str(REPO / "configs" / "cnn.yaml")
 
@@ -85,11 +85,11 @@ def test_model_card_matches_the_run(run, tiny_data):
 def test_onnx_metadata_describes_the_input(run):
     meta = read_onnx_metadata(run / "export" / "model.onnx")
     info = json.loads((run / "model_info.json").read_text())
-    assert meta["class_names"] == info["classes"]
-    assert meta["channels"] == info["input"]["channels"]
-    assert meta["window_length"] == 256 and meta["hop"] == 128
-    assert meta["sample_rate"] == pytest.approx(1024.0)
-    assert meta["frontend"]["kind"] == "stft"
+    assert meta.class_names == info["classes"]
+    assert meta.channels == info["input"]["channels"]
+    assert meta.window_length == 256 and meta.hop == 128
+    assert meta.sample_rate == pytest.approx(1024.0)
+    assert meta.frontend["kind"] == "stft"
 
 
 def test_torch_free_predictor_equals_pipeline_predict(run, tiny_data, cache_dir, tmp_path):
@@ -226,3 +226,80 @@ def test_data_synth_command_writes_a_dataset(tmp_path):
         "bumper_contact",
     }
     assert main(["data", "nonsense"]) == 2
+
+
+def test_fit_and_export_write_identical_metadata(run, tmp_path):
+    import onnx
+
+    from damage_lightning.export import read_torchscript_metadata
+
+    out = tmp_path / "again"
+    main(
+        [
+            "export",
+            "--config",
+            str(run / "config.yaml"),
+            "--ckpt_path",
+            str(run / "checkpoints" / "best.ckpt"),
+            "--output",
+            str(out),
+        ]
+    )
+
+    def props(path):
+        return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+    after_fit, after_export = props(run / "export" / "model.onnx"), props(out / "model.onnx")
+    assert after_fit == after_export
+    # Complete: every front-end setting and the task class travel with the model.
+    meta = read_onnx_metadata(out / "model.onnx")
+    assert {"win_length", "log", "eps"} <= set(meta.frontend)
+    assert meta.model_class_path == "damage_lightning.models.cnn.CNNClassifier"
+    assert read_torchscript_metadata(run / "export" / "model.ts.pt") == meta
+
+
+def test_csv_dialects_predict_identically_in_pipeline_and_gateway(run, tiny_data, tmp_path):
+    # The same recording as ';', tab, BOM, CRLF, and under every time-column name: the pipeline's
+    # predict and the torch-free predictor read each one the same way.
+    from damage_lightning.io.readers.base import TIME_COLUMN_NAMES
+
+    source = sorted((tiny_data / "undamaged").glob("*.csv"))[0]
+    frame = pd.read_csv(source)
+    frame.insert(0, "time", np.arange(len(frame)) / 1024.0)
+    root = tmp_path / "dialects"
+    root.mkdir()
+    text = frame.to_csv(index=False)
+    (root / "comma.csv").write_text(text)
+    (root / "semicolon.csv").write_text(frame.to_csv(index=False, sep=";"))
+    (root / "tab.csv").write_text(frame.to_csv(index=False, sep="\t"))
+    (root / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (root / "crlf.csv").write_bytes(text.replace("\n", "\r\n").encode())
+    for i, name in enumerate(sorted(TIME_COLUMN_NAMES)):
+        frame.rename(columns={"time": name}).to_csv(root / f"time_{i}.csv", index=False)
+    out = tmp_path / "pipeline"
+    main(
+        [
+            "predict",
+            "--config",
+            str(run / "config.yaml"),
+            "--ckpt_path",
+            str(run / "checkpoints" / "best.ckpt"),
+            "--data.predict_data_dir",
+            str(root),
+            "--output",
+            str(out),
+        ]
+    )
+    ours = pd.read_csv(out / "recording_predictions.csv").set_index("path").sort_index()
+    res = run_script(
+        tmp_path, str(run / "export" / "model.onnx"), str(root), "--output", str(tmp_path / "g.csv")
+    )
+    assert res.returncode == 0, res.stderr
+    gateway = pd.read_csv(tmp_path / "g.csv").set_index("path").sort_index()
+    assert len(ours) == 5 + len(TIME_COLUMN_NAMES) and list(gateway.index) == list(ours.index)
+    cols = [c for c in ours.columns if c.startswith("p_")]
+    pipeline_probs, gateway_probs = ours[cols].to_numpy(), gateway[cols].to_numpy()
+    np.testing.assert_allclose(pipeline_probs, pipeline_probs[:1].repeat(len(ours), 0), atol=1e-6)
+    np.testing.assert_allclose(gateway_probs, gateway_probs[:1].repeat(len(ours), 0), atol=1e-6)
+    assert np.abs(gateway_probs - pipeline_probs).max() < 1e-4
+    assert (gateway["n_windows"] == ours["n_windows"]).all()

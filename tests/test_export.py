@@ -19,16 +19,17 @@ from torch import nn
 
 import damage_lightning
 from damage_lightning.artifacts import sha256_file
+from damage_lightning.deploy.session import read_onnx_metadata
 from damage_lightning.errors import DataValidationError, ExportVerificationError
 from damage_lightning.export import (
     DeployableModel,
-    build_metadata,
+    ModelMetadata,
     deployable_from_checkpoint,
     export_all,
     export_onnx,
     export_torchscript,
     load_from_checkpoint,
-    read_onnx_metadata,
+    read_torchscript_metadata,
     verify_onnx,
     verify_torchscript,
 )
@@ -38,7 +39,7 @@ CLASSES = ["<b>&amp;</b>", "ctrl\x00\x07\x1b[31m", "שלום \u202eRTL", "n" * 2
 WINDOW = 256
 SAMPLE_RATE = 512.0
 HOP = 128
-EXTRA = {"note": "<script>alert('x')</script> & ]]>", "sizes": [1, 2, 3]}
+EXTRA = {"note": "<script>alert('x')</script> & ]]>", "sizes": "[1, 2, 3]"}
 
 
 class StandInFrontend(nn.Module):
@@ -93,8 +94,8 @@ def eager(model: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def metadata() -> dict[str, str]:
-    return build_metadata(
+def metadata() -> ModelMetadata:
+    return ModelMetadata(
         CLASSES, CHANNELS, SAMPLE_RATE, WINDOW, HOP, StandInFrontend(3).settings(), extra=EXTRA
     )
 
@@ -104,7 +105,7 @@ def exported(tmp_path_factory, metadata):
     """One export_all of the stand-in model with hostile names, shared by the tests below."""
     model = standin_model()
     out = tmp_path_factory.mktemp("export")
-    result = export_all(model, out, channels=3, window=WINDOW, metadata=metadata)
+    result = export_all(model, out, metadata)
     return model, out, result
 
 
@@ -163,7 +164,8 @@ def test_torchscript_matches_eager_and_carries_metadata(exported, metadata):
     model, out, _ = exported
     extra = {"metadata.json": ""}
     loaded = torch.jit.load(str(out / "model.ts.pt"), _extra_files=extra)
-    assert json.loads(extra["metadata.json"]) == metadata
+    assert json.loads(extra["metadata.json"]) == metadata.to_props()
+    assert read_torchscript_metadata(out / "model.ts.pt") == read_onnx_metadata(out / "model.onnx")
     for batch in (1, 5, 7):
         x = waveforms(batch, seed=10 + batch)
         with torch.no_grad():
@@ -176,21 +178,23 @@ def test_torchscript_matches_eager_and_carries_metadata(exported, metadata):
 def test_onnx_metadata_round_trips_hostile_text(exported, metadata):
     _, out, _ = exported
     props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
-    assert {k: props[k] for k in metadata} == metadata
+    written = metadata.to_props()
+    assert {k: props[k] for k in written} == written
     meta = read_onnx_metadata(out / "model.onnx")
-    assert meta["class_names"] == CLASSES  # markup, NUL/control chars, RTL, 2000 characters
-    assert meta["channels"] == CHANNELS
-    assert meta["sample_rate"] == SAMPLE_RATE and isinstance(meta["sample_rate"], float)
-    assert meta["window_length"] == WINDOW and meta["hop"] == HOP
-    assert meta["frontend"] == StandInFrontend(3).settings()
-    assert meta["version"] == damage_lightning.__version__
-    assert meta["extra"]["note"] == EXTRA["note"]
-    assert json.loads(meta["extra"]["sizes"]) == [1, 2, 3]
+    assert meta == metadata
+    assert meta.class_names == CLASSES  # markup, NUL/control chars, RTL, 2000 characters
+    assert meta.channels == CHANNELS
+    assert meta.sample_rate == SAMPLE_RATE and isinstance(meta.sample_rate, float)
+    assert meta.window_length == WINDOW and meta.hop == HOP
+    assert meta.frontend == StandInFrontend(3).settings()
+    assert meta.version == damage_lightning.__version__
+    assert meta.extra["note"] == EXTRA["note"]
+    assert json.loads(meta.extra["sizes"]) == [1, 2, 3]
 
 
-def test_build_metadata_validates_and_keeps_unencodable_text():
+def test_metadata_validates_and_keeps_unencodable_text():
     # A lone surrogate (a badly decoded file name) cannot be UTF-8; it travels as a JSON escape.
-    meta = build_metadata(["a\ud800", "b"], ["x"], 100, 64, 32, {})
+    meta = ModelMetadata(["a\ud800", "b"], ["x"], 100, 64, 32, {}).to_props()
     assert json.loads(meta["class_names"]) == ["a\ud800", "b"]
     meta["class_names"].encode("utf-8")
     assert meta["sample_rate"] == "100.0" and meta["window_length"] == "64"
@@ -202,7 +206,9 @@ def test_build_metadata_validates_and_keeps_unencodable_text():
         dict(sample_rate=0),
         dict(window_length=0),
         dict(hop=2.5),
+        dict(class_names="ab"),
         dict(extra={"hop": "1"}),
+        dict(extra={"model_class_path": "x.Y"}),
         dict(extra={"k": "\udcff"}),
     ]
     good = dict(
@@ -211,11 +217,11 @@ def test_build_metadata_validates_and_keeps_unencodable_text():
         sample_rate=100.0,
         window_length=64,
         hop=32,
-        frontend_settings={},
+        frontend={},
     )
     for change in bad_calls:
         with pytest.raises(ValueError):
-            build_metadata(**{**good, **change})
+            ModelMetadata(**{**good, **change}).to_props()
 
 
 def test_verification_fails_loudly_for_a_different_model(exported):
@@ -253,9 +259,9 @@ def test_failed_onnx_write_leaves_previous_file_intact(tmp_path, monkeypatch, me
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="No space"):
-        export_onnx(standin_model(), target, channels=3, window=WINDOW, metadata=metadata)
+        export_onnx(standin_model(), target, metadata)
     with pytest.raises(OSError, match="No space"):
-        export_torchscript(standin_model(), target, channels=3, window=WINDOW)
+        export_torchscript(standin_model(), target, metadata)
     assert target.read_bytes() == b"previous model"
     assert os.listdir(tmp_path) == ["model.onnx"]
 
@@ -278,14 +284,9 @@ def test_export_all_refuses_an_export_that_does_not_verify(exported, tmp_path, m
     before = sha256_file(tmp_path / "model.onnx")
     model = DeployableModel(StandInFrontend(3), NoisyNet(tiny_net(3, 4))).eval()
     with pytest.raises(ExportVerificationError, match=r"model\.onnx.*not written"):
-        export_all(model, tmp_path, channels=3, window=WINDOW, metadata=metadata)
+        export_all(model, tmp_path, metadata)
     assert sha256_file(tmp_path / "model.onnx") == before  # the previous export is still there
     assert os.listdir(tmp_path) == ["model.onnx"]
-
-
-def test_export_all_rejects_shape_that_contradicts_metadata(tmp_path, metadata):
-    with pytest.raises(ValueError, match="does not match the metadata"):
-        export_all(standin_model(), tmp_path, channels=2, window=WINDOW, metadata=metadata)
 
 
 class UnscriptableNet(nn.Module):
@@ -300,11 +301,11 @@ class UnscriptableNet(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-def test_torchscript_falls_back_to_tracing(tmp_path):
+def test_torchscript_falls_back_to_tracing(tmp_path, metadata):
     model = DeployableModel(standin_model().frontend, UnscriptableNet()).eval()
     with pytest.raises(Exception):  # noqa: B017 - whatever torch.jit.script raises
         torch.jit.script(model)
-    path = export_torchscript(model, tmp_path / "m.ts.pt", channels=3, window=WINDOW)
+    path = export_torchscript(model, tmp_path / "m.ts.pt", metadata)
     result = verify_torchscript(path, model, channels=3, window=WINDOW, batch_sizes=(1, 5, 7))
     assert result["passed"] and result["max_abs_diff"] <= 1e-5
 
@@ -334,7 +335,7 @@ def test_export_does_not_change_the_callers_model(exported, tmp_path, metadata):
     # export_all exports a CPU float32 copy; the export fixture proved the files. Here: the
     # caller's module keeps its mode and parameters after a TorchScript export of it.
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    export_torchscript(model, tmp_path / "m.ts.pt", channels=3, window=WINDOW, metadata=metadata)
+    export_torchscript(model, tmp_path / "m.ts.pt", metadata)
     assert model.training
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -404,22 +405,23 @@ def test_load_from_checkpoint_rebuilds_model_and_frontend(tmp_path):
         tmp_path, "damage_lightning.models.cnn.CNNClassifier", hparams, trained, frontend
     )
 
-    model, loaded_frontend, info = load_from_checkpoint(path)
+    model, loaded_frontend, spec = load_from_checkpoint(path)
     assert isinstance(model, CNNClassifier) and not model.training
     assert torch.equal(loaded_frontend.mean, frontend.mean)
     assert torch.equal(loaded_frontend.std, frontend.std) and bool(loaded_frontend.fitted)
-    assert info["class_names"] == ["undamaged", "story1", "bumper"]
-    assert info["channels"] == ["base", "floor1"] and info["window"] == 512
+    assert spec.class_names == ["undamaged", "story1", "bumper"]
+    assert spec.channels == ["base", "floor1"] and spec.window == 512
     x = waveforms(3, channels=2, window=512)
     with torch.no_grad():
         torch.testing.assert_close(model(loaded_frontend(x)), trained(frontend(x)))
 
-    deployable, dinfo = deployable_from_checkpoint(path)
+    deployable, dspec = deployable_from_checkpoint(path)
     with torch.no_grad():
         logits, _ = deployable(x)
         torch.testing.assert_close(logits, trained(frontend(x)))
-    assert json.loads(dinfo["metadata"]["class_names"]) == info["class_names"]
-    assert json.loads(dinfo["metadata"]["frontend"]) == frontend.settings()
+    assert dspec.metadata().class_names == spec.class_names
+    assert dspec.metadata().frontend == frontend.settings()
+    assert dspec.metadata().model_class_path == "damage_lightning.models.cnn.CNNClassifier"
 
 
 def test_load_from_checkpoint_refuses_foreign_classes_and_files(tmp_path):
@@ -455,8 +457,8 @@ def test_real_frontend_and_cnn_export_and_verify(tmp_path, channels, window):
     ).net
     model = DeployableModel(frontend, net).eval()
     names = [f"ch{i}" for i in range(channels)]
-    meta = build_metadata(["a", "b", "c"], names, 1024.0, window, window // 2, frontend.settings())
-    result = export_all(model, tmp_path, channels=channels, window=window, metadata=meta)
+    meta = ModelMetadata(["a", "b", "c"], names, 1024.0, window, window // 2, frontend.settings())
+    result = export_all(model, tmp_path, meta)
     assert result["onnx"]["verification"]["max_abs_diff"] <= 1e-4
     assert result["torchscript"]["verification"]["max_abs_diff"] <= 1e-4
-    assert read_onnx_metadata(tmp_path / "model.onnx")["frontend"] == frontend.settings()
+    assert read_onnx_metadata(tmp_path / "model.onnx").frontend == frontend.settings()

@@ -392,7 +392,7 @@ def _hostile_dataset(root: Path) -> None:
 
 
 def test_hostile_names_survive_report_onnx_and_json(cache_dir, tmp_path):
-    from damage_lightning.export import read_onnx_metadata
+    from damage_lightning.deploy.session import read_onnx_metadata
 
     data = tmp_path / "hostile"
     _hostile_dataset(data)
@@ -415,8 +415,8 @@ def test_hostile_names_survive_report_onnx_and_json(cache_dir, tmp_path):
     assert info["classes"] == sorted(HOSTILE_LABELS)
     assert info["input"]["channels"] == ["acc<i>x</i>", "תאוצה_y"]
     meta = read_onnx_metadata(run / "export" / "model.onnx")
-    assert meta["class_names"] == sorted(HOSTILE_LABELS)
-    assert meta["channels"] == ["acc<i>x</i>", "תאוצה_y"]
+    assert meta.class_names == sorted(HOSTILE_LABELS)
+    assert meta.channels == ["acc<i>x</i>", "תאוצה_y"]
     splits = json.loads((run / "splits.json").read_text(encoding="utf-8"))
     paths = {r["path"] for r in splits["recordings"]}
     assert {f"class{i}/{name}0.csv" for i, name in enumerate(HOSTILE_FILES)} <= paths

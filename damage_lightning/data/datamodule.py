@@ -529,43 +529,31 @@ class DamageDataModule(pl.LightningDataModule):
             [w.shape[1] for w in ds.waveforms],
         )
 
-    def export_spec(self) -> dict[str, Any]:
-        """What a checkpoint needs to rebuild the front end and to describe the model's input."""
-        frontend = self._build_frontend()
-        return {
-            "frontend_settings": self.frontend_settings(),
-            "frontend_state": {k: v.detach().cpu() for k, v in frontend.state_dict().items()},
-            "class_names": self.class_names,
-            "channels": self.channels,
-            "sample_rate": self.sample_rate,
-            "window": self.window,
-            "hop": self.hop,
-        }
-
     # ------------------------------------------------------------------ checkpoint state
-    def state_dict(self) -> dict[str, Any]:
-        """Front-end normalisation and data facts, saved in every checkpoint."""
-        if self.frontend is None:
-            return {}
-        return self.export_spec()
+    # The checkpoint's ``damage_lightning`` section (export.spec.ExportSpec, written by the task)
+    # is the one record of the front end's settings and statistics; the DataModule keeps no copy
+    # of its own in the checkpoint and is restored from that section.
+    def restore_frontend_state(self, state: dict[str, Tensor], class_names: list[str]) -> None:
+        """Take the training split's normalisation statistics from a checkpoint.
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the training split's normalisation statistics from a checkpoint."""
-        state = state_dict.get("frontend_state")
-        if not state:
-            return
-        self._frontend_state = {k: v for k, v in state.items()}
-        if self.frontend is not None:
-            device = self.frontend.mean.device
-            self.frontend.load_state_dict(self._frontend_state)
-            self.frontend.to(device)
-        saved = state_dict.get("class_names")
-        if saved and saved != self.class_names:
+        Args:
+            state: the front end's buffers, as saved.
+            class_names: the classes the checkpoint was trained on; they must be the data's.
+
+        Raises:
+            DataValidationError: the data have other classes than the checkpoint.
+        """
+        if class_names and list(class_names) != self.class_names:
             raise DataValidationError(
                 Problem(
                     str(self.data_root),
                     "",
-                    f"the checkpoint was trained on classes {saved}, "
+                    f"the checkpoint was trained on classes {list(class_names)}, "
                     f"the data have {self.class_names}",
                 )
             )
+        self._frontend_state = dict(state)
+        if self.frontend is not None:
+            device = self.frontend.mean.device
+            self.frontend.load_state_dict(self._frontend_state)
+            self.frontend.to(device)

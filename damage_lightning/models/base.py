@@ -521,17 +521,27 @@ class DamageClassifier(LightningModule):
 
     # ------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the model class and the data facts, so a checkpoint alone rebuilds the model.
+        """Record the task class and the data facts, so a checkpoint alone rebuilds the model.
 
-        ``damage_lightning.export.load_from_checkpoint`` reads this (front-end settings and
-        normalisation, class names, channels, sample rate, window), with ``weights_only=True``.
+        The section is an ``export.spec.ExportSpec``: ``load_from_checkpoint`` and ``export``
+        read it (with ``weights_only=True``), and so does a resumed or evaluated run's DataModule.
         """
-        cls = type(self)
-        entry: dict[str, Any] = {"model_class_path": f"{cls.__module__}.{cls.__qualname__}"}
+        from damage_lightning.export.spec import SECTION, ExportSpec
+
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        if datamodule is not None and hasattr(datamodule, "export_spec"):
-            entry.update(datamodule.export_spec())
-        checkpoint["damage_lightning"] = entry
+        if getattr(datamodule, "frontend", None) is not None:
+            checkpoint[SECTION] = ExportSpec.of(self, datamodule).to_checkpoint()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Give the DataModule the checkpoint's normalisation (resume, ``test``, ``predict``)."""
+        from damage_lightning.export.spec import SECTION
+
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        section = checkpoint.get(SECTION)
+        if isinstance(section, dict) and hasattr(datamodule, "restore_frontend_state"):
+            datamodule.restore_frontend_state(
+                section.get("frontend_state", {}), section.get("class_names", [])
+            )
 
 
 def _cpu(value: Any) -> Any:

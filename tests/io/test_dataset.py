@@ -24,6 +24,7 @@ def read_recording(path, channels=None, display=None):
     raw = dataset.read_recording(path, channels, display)
     return raw.data, raw.channels, raw.sample_rate
 
+
 CWRU = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cwru_0hp_10class"
 RNG = np.random.default_rng(1234)
 

@@ -1,10 +1,9 @@
-"""scripts/onnx_predict.py: torch-free prediction from an exported ONNX model matches the eager
-model window by window, and bad input gives one clear line and exit code 2."""
+"""The torch-free predictor (damage_lightning.deploy, scripts/onnx_predict.py): predictions match
+the eager model window by window, any file layout reads the same, and bad input gives one clear
+line and exit code 2."""
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import io
 import subprocess
 import sys
@@ -14,11 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from gateway import REPO, run_script
 from torch import nn
 
-from damage_lightning.export import DeployableModel, build_metadata, export_onnx
+from damage_lightning.deploy import cli
+from damage_lightning.deploy.predict import predict, score_recording
+from damage_lightning.deploy.session import OnnxModel
+from damage_lightning.export import DeployableModel, ModelMetadata, export_onnx
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "onnx_predict.py"
 CHANNELS = ["base", "floor 1", "étage"]
 CLASSES = ["undamaged", "bumper, contact", 'story "1"']
 SAMPLE_RATE = 256.0
@@ -57,9 +59,9 @@ class PoolNet(nn.Module):
 def model_and_file(tmp_path_factory):
     torch.manual_seed(3)
     model = DeployableModel(FramedLogEnergy(3), PoolNet(3, 3)).eval()
-    meta = build_metadata(CLASSES, CHANNELS, SAMPLE_RATE, WINDOW, HOP, {"kind": "framed"})
+    meta = ModelMetadata(CLASSES, CHANNELS, SAMPLE_RATE, WINDOW, HOP, {"kind": "framed"})
     path = tmp_path_factory.mktemp("model") / "model.onnx"
-    export_onnx(model, path, channels=3, window=WINDOW, metadata=meta)
+    export_onnx(model, path, meta)
     return model, path
 
 
@@ -84,7 +86,10 @@ def dataset(tmp_path_factory):
     rec = _recording(300, 3)[["étage", "floor 1", "base"]]
     rec.insert(1, "temperature", 21.5)
     rec.to_csv(root / "bumper" / "sub" / "rec_c.CSV.gz", index=False)
-    (root / "manifest.csv").write_text("path,label\nundamaged/rec_a.csv,undamaged\n")
+    (root / "manifest.csv").write_text(
+        "path,label\nundamaged/rec_a.csv,undamaged\nbumper/rec_b.csv,bumper\n"
+        "bumper/sub/rec_c.CSV.gz,bumper\n"
+    )
     (root / ".cache" / "junk.csv").write_text("not,a\nrecording,!\n")
     return root
 
@@ -99,34 +104,13 @@ def expected(model: nn.Module, csv: Path, hop: int) -> tuple[int, np.ndarray]:
     return len(starts), probs.numpy().astype(np.float64).mean(axis=0)
 
 
-def _blocked_imports(tmp_path: Path) -> Path:
-    """A PYTHONPATH folder in which torch, lightning and damage_lightning cannot be imported."""
-    blocked = tmp_path / "blocked"
-    for name in ("torch", "torchaudio", "lightning", "damage_lightning"):
-        (blocked / name).mkdir(parents=True)
-        (blocked / name / "__init__.py").write_text(
-            f"raise ImportError('{name} is not installed on this gateway')\n"
-        )
-    return blocked
-
-
-def run_script(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {"PYTHONPATH": str(_blocked_imports(tmp_path)), "PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
-    )
-
-
 def _check(frame: pd.DataFrame, model, root: Path, hop: int) -> None:
     assert list(frame.columns) == [
         "path",
+        "label",
         "predicted_label",
         "n_windows",
+        "agreement",
         *(f"p_{c}" for c in CLASSES),
     ]
     assert list(frame["path"]) == [
@@ -167,7 +151,8 @@ def test_single_csv_to_stdout_with_own_hop(model_and_file, dataset, tmp_path):
     assert list(frame["path"]) == ["rec_a.csv"]
     n, probs = expected(model, csv, 32)
     assert frame["n_windows"].item() == n == 12
-    np.testing.assert_allclose(frame.iloc[0, 3:].to_numpy(np.float64), probs, atol=1e-5)
+    got = frame[[f"p_{c}" for c in CLASSES]].to_numpy(np.float64)[0]
+    np.testing.assert_allclose(got, probs, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -190,50 +175,108 @@ def test_bad_input_gives_one_line_and_exit_code_2(model_and_file, tmp_path):
     assert proc.stdout == ""
     message = proc.stderr.strip()
     assert "\n" not in message and "Traceback" not in message
-    assert "a_missing.csv: missing channel column(s) ['floor 1']" in message
-    assert "b_text.csv (line 9, column 'base'): non-numeric value 'oops'" in message
-    assert "c_nan.csv (line 5, column 'étage'): missing, NaN or inf value" in message
-    assert "d_short.csv: 127 samples, shorter than one window of 128" in message
-    assert "e_rate.csv (column 'time'): sampled at 100 Hz but the model expects 256 Hz" in message
+    assert "a_missing.csv: channel(s) 'floor 1' not found" in message
+    assert "b_text.csv (row 9, column 'base'): non-numeric value 'oops'" in message
+    assert "c_nan.csv (row 5, column 'étage'): empty or NaN value" in message
+    assert "d_short.csv: recording has 127 samples, fewer than the 128 required" in message
+    # No scipy on this gateway: a recording at another rate cannot be resampled here.
+    assert "e_rate.csv: sampled at 100 Hz but 256 Hz is needed" in message
+    assert "needs scipy" in message
 
 
-def _load_script_module():
-    spec = importlib.util.spec_from_file_location("onnx_predict_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_script_imports_only_numpy_pandas_onnxruntime_and_stdlib():
-    tree = ast.parse(SCRIPT.read_text(encoding="utf-8"))
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            roots.add((node.module or "").split(".")[0])
-    third_party = roots - set(sys.stdlib_module_names)
-    assert third_party == {"numpy", "pandas", "onnxruntime"}
+def test_gateway_imports_no_training_side_library(tmp_path):
+    # Importing and running the predictor pulls in neither torch nor lightning nor scipy.
+    code = (
+        "import sys, damage_lightning.deploy.predict, damage_lightning.deploy.cli; "
+        "import damage_lightning.io.readers.csv; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'torchaudio', 'lightning', 'scipy')); print(bad); sys.exit(bool(bad))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_in_process_errors_and_window_cutting(model_and_file, dataset, tmp_path, capsys):
     _, onnx_path = model_and_file
-    script = _load_script_module()
-    # The windows are exactly those the training pipeline cuts: starts 0, hop, 2*hop, ...
-    wave = np.arange(2 * 10, dtype=np.float32).reshape(2, 10)
-    view = script.window_view(wave, 4, 3)
-    assert view.shape == (3, 2, 4)
-    np.testing.assert_array_equal(view[2], wave[:, 6:10])
-    assert script.main([str(onnx_path), str(tmp_path / "nowhere")]) == 2
+    assert cli.main([str(onnx_path), str(tmp_path / "nowhere")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert script.main([str(onnx_path), str(empty)]) == 2
-    assert "no CSV recordings found" in capsys.readouterr().err
-    assert script.main([str(onnx_path), str(dataset), "--hop", "0"]) == 2
+    assert cli.main([str(onnx_path), str(empty)]) == 2
+    assert "no recordings found" in capsys.readouterr().err
+    assert cli.main([str(onnx_path), str(dataset), "--hop", "0"]) == 2
     assert "must be positive" in capsys.readouterr().err
     not_onnx = tmp_path / "model.onnx"
     not_onnx.write_bytes(b"garbage")
-    assert script.main([str(not_onnx), str(dataset)]) == 2
+    assert cli.main([str(not_onnx), str(dataset)]) == 2
     assert "onnxruntime cannot load the model" in capsys.readouterr().err
+    # Window rows, when asked for, are the windows the training pipeline cuts: 0, hop, 2 hop...
+    windows = tmp_path / "windows.csv"
+    out = tmp_path / "recordings.csv"
+    assert (
+        cli.main([str(onnx_path), str(dataset), "--output", str(out), "--windows", str(windows)])
+        == 0
+    )
+    rows = pd.read_csv(windows)
+    starts = rows[rows["recording"] == "undamaged/rec_a.csv"]["start"].tolist()
+    assert starts == list(range(0, 500 - WINDOW + 1, HOP))
+    assert len(rows) == pd.read_csv(out)["n_windows"].sum()
+
+
+def test_chunked_scoring_equals_whole_recording(model_and_file):
+    # A batch at a time (never all windows of a long file at once) gives the same decision.
+    _, onnx_path = model_and_file
+    model = OnnxModel.load(onnx_path)
+    wave = np.random.default_rng(5).normal(size=(3, 5000)).astype(np.float32)
+    whole, _ = score_recording(model, wave, HOP, batch_size=10_000)
+    chunked, batches = score_recording(model, wave, HOP, batch_size=7, keep=True)
+    assert whole.n_windows == chunked.n_windows == (5000 - WINDOW) // HOP + 1
+    assert max(len(s) for s, _ in batches) == 7
+    np.testing.assert_allclose(chunked.probabilities, whole.probabilities, atol=1e-12)
+    assert chunked.predicted == whole.predicted and chunked.agreement == whole.agreement
+
+
+def _variants(frame: pd.DataFrame, root: Path) -> list[str]:
+    """One recording written in every CSV dialect the readers accept."""
+    names = []
+    values = frame.drop(columns=["time"])
+    for time_name in (
+        "time",
+        "t",
+        "timestamp",
+        "time_s",
+        "time (s)",
+        "time [s]",
+        "time[s]",
+        "time_sec",
+        "seconds",
+        "Time",
+        " TIME ",
+    ):
+        name = f"time_{len(names)}.csv"
+        values.assign(**{time_name: frame["time"]}).to_csv(root / name, index=False)
+        names.append(name)
+    for sep, suffix in ((";", "semicolon"), ("\t", "tab")):
+        frame.to_csv(root / f"{suffix}.csv", index=False, sep=sep)
+        names.append(f"{suffix}.csv")
+    text = frame.to_csv(index=False)
+    (root / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    (root / "crlf.csv").write_bytes(text.replace("\n", "\r\n").encode("utf-8"))
+    (root / "bom_crlf_semicolon.csv").write_bytes(
+        b"\xef\xbb\xbf" + frame.to_csv(index=False, sep=";").replace("\n", "\r\n").encode()
+    )
+    return [*names, "bom.csv", "crlf.csv", "bom_crlf_semicolon.csv"]
+
+
+def test_every_csv_dialect_gives_the_same_prediction(model_and_file, tmp_path):
+    _, onnx_path = model_and_file
+    root = tmp_path / "dialects"
+    root.mkdir()
+    names = _variants(_recording(700, 9), root)
+    result = predict(onnx_path, root).recordings.set_index("path")
+    assert sorted(result.index) == sorted(names)
+    probs = result[[f"p_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_array_equal(probs, np.repeat(probs[:1], len(probs), axis=0))
+    assert (result["n_windows"] == (700 - WINDOW) // HOP + 1).all()

@@ -1,0 +1,55 @@
+"""``python -m damage_lightning.deploy MODEL DATA``: per-recording predictions on a gateway."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from damage_lightning.artifacts import atomic_write_bytes
+from damage_lightning.errors import DataValidationError
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m damage_lightning.deploy") -> int:
+    """Command line entry point; returns the exit code (2 for bad input, one line on stderr)."""
+    from damage_lightning.deploy.predict import predict, to_csv_bytes
+    from damage_lightning.io.readers.base import ReaderOptions
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Predict damage classes of recordings with an exported ONNX model "
+        "(numpy, pandas, pyarrow and onnxruntime only).",
+    )
+    parser.add_argument("model", type=Path, help="exported model.onnx")
+    parser.add_argument("data", type=Path, help="a recording, or a folder searched for recordings")
+    parser.add_argument("--output", type=Path, help="per-recording CSV (default: stdout)")
+    parser.add_argument("--windows", type=Path, help="also write one row per window here")
+    parser.add_argument("--hop", type=int, help="step between windows (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per inference call")
+    parser.add_argument(
+        "--variables", nargs="+", help=".mat files: glob patterns of the variables to read"
+    )
+    parser.add_argument("--tdms-group", help=".tdms files: the group to read")
+    args = parser.parse_args(argv)
+    options = ReaderOptions(tuple(args.variables) if args.variables else None, args.tdms_group)
+    try:
+        result = predict(
+            args.model,
+            args.data,
+            hop=args.hop,
+            batch_size=args.batch_size,
+            options=options,
+            keep_windows=args.windows is not None,
+        )
+        text = to_csv_bytes(result.recordings)
+        if args.windows is not None and result.windows is not None:
+            atomic_write_bytes(args.windows, to_csv_bytes(result.windows))
+        if args.output is None:
+            sys.stdout.write(text.decode("utf-8"))
+        else:
+            atomic_write_bytes(args.output, text)
+    except (DataValidationError, OSError) as exc:
+        message = " ".join(str(exc).split())
+        print(f"{Path(prog.split()[-1]).name}: error: {message}", file=sys.stderr)
+        return 2
+    return 0

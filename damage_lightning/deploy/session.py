@@ -1,0 +1,72 @@
+"""An exported ONNX model opened with onnxruntime, with its decoded metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from damage_lightning.deploy.metadata import ModelMetadata
+from damage_lightning.errors import DataValidationError, Problem
+
+
+@dataclass
+class OnnxModel:
+    """A loaded model: the onnxruntime session, its metadata, input and output names.
+
+    Build with :meth:`load`.
+
+    Args:
+        path: the ``.onnx`` file.
+        session: the onnxruntime ``InferenceSession``.
+        metadata: the decoded metadata props.
+        input_name: the waveform input.
+        output_names: every output, in graph order.
+    """
+
+    path: Path
+    session: object
+    metadata: ModelMetadata
+    input_name: str
+    output_names: list[str]
+
+    @classmethod
+    def load(cls, path: str | Path, providers: list[str] | None = None) -> OnnxModel:
+        """Open ``path`` with onnxruntime (CPU unless ``providers`` says otherwise).
+
+        Raises:
+            DataValidationError: the file does not load, lacks damage_lightning metadata, or has
+                no ``probabilities`` output.
+        """
+        import onnxruntime as ort
+
+        path = Path(path)
+        try:
+            session = ort.InferenceSession(
+                str(path), providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise DataValidationError(
+                Problem(str(path), "", f"onnxruntime cannot load the model: {exc}")
+            ) from exc
+        props = dict(session.get_modelmeta().custom_metadata_map)
+        metadata = ModelMetadata.from_props(props, str(path))
+        outputs = [o.name for o in session.get_outputs()]
+        if "probabilities" not in outputs:
+            raise DataValidationError(
+                Problem(str(path), "", f"the model has no 'probabilities' output ({outputs})")
+            )
+        return cls(path, session, metadata, session.get_inputs()[0].name, outputs)
+
+    def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output for float32 waveform windows ``(B, channels, window_length)``."""
+        values = self.session.run(
+            None, {self.input_name: np.ascontiguousarray(windows, np.float32)}
+        )
+        return dict(zip(self.output_names, (np.asarray(v) for v in values), strict=True))
+
+
+def read_onnx_metadata(path: str | Path) -> ModelMetadata:
+    """The metadata of an exported ONNX model (onnxruntime only, no torch)."""
+    return OnnxModel.load(path).metadata

@@ -1,0 +1,144 @@
+"""The export folder: verified ONNX and TorchScript files, labels and preprocessing facts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from damage_lightning.artifacts import TMP_PREFIX, atomic_write_json, sha256_file
+from damage_lightning.deploy.metadata import ModelMetadata
+from damage_lightning.errors import ExportVerificationError
+from damage_lightning.export.deployable import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    DeployableModel,
+    cpu_float_copy,
+)
+from damage_lightning.export.onnx import ONNX_FILE, export_onnx, verify_onnx
+from damage_lightning.export.torchscript import (
+    TORCHSCRIPT_FILE,
+    export_torchscript,
+    verify_torchscript,
+)
+
+LABELS_FILE = "labels.json"
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"path": str(path), "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+
+
+def _export_verified(final: Path, export: Any, verify: Any) -> dict[str, Any]:
+    """Export to a staging file, verify it, and only then rename it over ``final``."""
+    staging = final.with_name(f"{TMP_PREFIX}unverified-{final.name}")
+    start = time.perf_counter()
+    try:
+        export(staging)
+        seconds = time.perf_counter() - start
+        verification = verify(staging)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        if isinstance(exc, ExportVerificationError):
+            raise ExportVerificationError(
+                f"{final}: the new export failed verification and was not written "
+                f"(any previous file is unchanged): {exc}"
+            ) from exc
+        raise
+    os.replace(staging, final)
+    entry = _file_entry(final)
+    entry["export_time_s"] = round(seconds, 3)
+    entry["verification"] = verification
+    return entry
+
+
+def preprocessing_spec(model: DeployableModel, metadata: ModelMetadata) -> dict[str, Any]:
+    """Describe the exported model's input for deployment code (written as preprocessing.json).
+
+    Args:
+        model: the exported module (its front end's ``mean``/``std`` buffers are included).
+        metadata: the model's metadata.
+
+    Returns:
+        A JSON-ready dict: input name, shape and layout, channels, sample rate, window, hop,
+        front-end settings and normalisation statistics.
+    """
+    meta = metadata
+    spec: dict[str, Any] = {
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", len(meta.channels), meta.window_length],
+            "dtype": "float32",
+            "layout": "(batch, channels, window): raw samples, channels in the order below",
+        },
+        "outputs": list(OUTPUT_NAMES),
+        "channels": meta.channels,
+        "sample_rate": meta.sample_rate,
+        "window_length": meta.window_length,
+        "hop": meta.hop,
+        "frontend": meta.frontend,
+        "damage_lightning_version": meta.version,
+    }
+    frontend = getattr(model, "frontend", None)
+    stats = {}
+    for name in ("mean", "std", "fitted"):
+        value = getattr(frontend, name, None)
+        if isinstance(value, Tensor):
+            stats[name] = value.detach().cpu().tolist()
+    if stats:
+        spec["normalization"] = stats
+    return spec
+
+
+def export_all(
+    model: DeployableModel,
+    out_dir: str | os.PathLike,
+    metadata: ModelMetadata,
+) -> dict[str, Any]:
+    """Write and verify the whole export folder: ONNX, TorchScript, labels and preprocessing.
+
+    The model is exported from a CPU float32 copy (the caller's module is left untouched). Each
+    model file is verified before it replaces an earlier one, so a failed verification raises and
+    leaves the folder as it was.
+
+    Args:
+        model: the module to export.
+        out_dir: the export folder (created if needed).
+        metadata: the model's metadata (its channels and window length give the input shape);
+            the ONNX file carries it as metadata props and the TorchScript file as
+            ``metadata.json``.
+
+    Returns:
+        ``{"onnx": {"path", "sha256", "size_bytes", "export_time_s", "verification"},
+        "torchscript": {...same...}, "labels": {"path", "sha256", "size_bytes"},
+        "preprocessing": {...}}`` with paths under ``out_dir`` as given.
+
+    Raises:
+        ExportVerificationError: when an export does not reproduce the eager model.
+    """
+    out_dir = Path(out_dir)
+    channels, window = len(metadata.channels), metadata.window_length
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cpu_model = cpu_float_copy(model)
+    result: dict[str, Any] = {}
+    result["onnx"] = _export_verified(
+        out_dir / ONNX_FILE,
+        lambda p: export_onnx(cpu_model, p, metadata),
+        lambda p: verify_onnx(p, cpu_model, channels, window),
+    )
+    result["torchscript"] = _export_verified(
+        out_dir / TORCHSCRIPT_FILE,
+        lambda p: export_torchscript(cpu_model, p, metadata),
+        lambda p: verify_torchscript(p, cpu_model, channels, window),
+    )
+    labels = atomic_write_json(out_dir / LABELS_FILE, metadata.class_names)
+    result["labels"] = _file_entry(labels)
+    spec = preprocessing_spec(cpu_model, metadata)
+    result["preprocessing"] = _file_entry(atomic_write_json(out_dir / PREPROCESSING_FILE, spec))
+    return result
