@@ -1,0 +1,1 @@
+"""Torch-free input: discovery, readers, validation, waveform cache, windowing."""
