@@ -194,7 +194,8 @@ class DamageDataModule(pl.LightningDataModule):
             if self.dataset is not None:
                 self._channels = list(self.dataset.channels)
             else:
-                self._channels = read_channel_names(self.recordings[0].path, self.reader_options)
+                first = self.recordings[0]
+                self._channels = read_channel_names(first.path, self.reader_options, first.relpath)
         return list(self._channels)
 
     @property

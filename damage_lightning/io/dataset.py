@@ -98,10 +98,13 @@ def read_recording(
     return check_raw(select_channels(raw, channels, display), display)
 
 
-def read_channel_names(path: str | Path, options: ReaderOptions | None = None) -> list[str]:
+def read_channel_names(
+    path: str | Path, options: ReaderOptions | None = None, display: str | None = None
+) -> list[str]:
     """The channel names of a recording, from its header where the format has one (cheap)."""
     path = Path(path)
-    return reader_for(path).channel_names(path, str(path), options or ReaderOptions())
+    display = display or str(path)
+    return reader_for(path, display).channel_names(path, display, options or ReaderOptions())
 
 
 def load_recording(

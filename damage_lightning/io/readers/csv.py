@@ -22,9 +22,13 @@ from damage_lightning.io.readers.base import (
     RawRecording,
     Reader,
     ReaderOptions,
+    check_finite,
     fail,
     is_time_name,
+    open_error,
     rate_from_times,
+    requested_channels,
+    seconds_since_start,
 )
 
 _SNIFF_BYTES = 1 << 16
@@ -82,14 +86,8 @@ def _read_bytes(path: Path, display: str, limit: int | None = None) -> bytes:
                         raw = gz.read() if limit is None else gz.read(limit)
                 except (OSError, EOFError, zlib.error) as exc:
                     raise fail(display, f"gzip content is corrupt or truncated ({exc})") from None
-    except PermissionError:
-        raise fail(display, "cannot read the file: permission denied") from None
-    except IsADirectoryError:
-        raise fail(display, "is a folder, not a file") from None
-    except FileNotFoundError:
-        raise fail(display, "file not found") from None
     except OSError as exc:
-        raise fail(display, f"cannot read the file ({exc.strerror or exc})") from None
+        raise open_error(exc, display) from None
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     return raw
@@ -293,14 +291,11 @@ def _time_seconds(col: Any, raw: bytes, display: str, name: str) -> np.ndarray:
             # Epoch nanoseconds exceed float64's integer precision: subtract the start first.
             ticks = np.empty(len(col), dtype=np.int64)
             _column_into(col, ticks)
-            return (ticks - ticks[0]).astype(np.float64) / _TIMESTAMP_UNITS[typ.unit]
+            return seconds_since_start(ticks, typ.unit)
         t = np.empty(len(col), dtype=np.float64)
         _column_into(col, t)
         return t
     raise fail(display, "time column is not numeric (expected seconds)", f"column '{name}'")
-
-
-_TIMESTAMP_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
 def _column_into(col: Any, out: np.ndarray) -> None:
@@ -334,34 +329,6 @@ def _column_into(col: Any, out: np.ndarray) -> None:
         if chunk.null_count:
             bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
             seg[bits[chunk.offset : chunk.offset + k] == 0] = np.nan
-
-
-def _check_finite(data: np.ndarray, names: list[str], raw: bytes, display: str) -> None:
-    # min/max propagate NaN and reach inf, so one pass per channel settles the common (clean) case.
-    if data.size == 0:
-        return
-    lo, hi = data.min(axis=1), data.max(axis=1)
-    if np.isfinite(lo).all() and np.isfinite(hi).all():
-        return
-    first: tuple[int, int] | None = None
-    n_bad = 0
-    for c in range(data.shape[0]):
-        bad = ~np.isfinite(data[c])
-        k = int(np.count_nonzero(bad))
-        if k:
-            n_bad += k
-            idx = int(np.argmax(bad))
-            if first is None or idx < first[0]:
-                first = (idx, c)
-    assert first is not None
-    idx, c = first
-    value = data[c, idx]
-    reason = (
-        "empty or NaN value" if np.isnan(value) else "infinite value (or too large for float32)"
-    )
-    if n_bad > 1:
-        reason += f"; {n_bad} such cells in this file"
-    raise fail(display, reason, f"row {_file_row(raw, idx)}, column '{names[c]}'")
 
 
 class CsvReader(Reader):
@@ -417,17 +384,7 @@ class CsvReader(Reader):
         time_name = time_names[0] if time_names else None
         available = [n for n in names if n and not is_time_name(n)]
         if channels is not None:
-            channels = list(channels)
-            dup = [c for c, k in Counter(channels).items() if k > 1]
-            if dup:
-                raise fail(display, f"channel(s) requested twice: {', '.join(map(repr, dup))}")
-            missing = [c for c in channels if c not in available]
-            if missing:
-                raise fail(
-                    display,
-                    f"channel(s) {', '.join(repr(m) for m in missing)} not found; "
-                    f"available: {', '.join(repr(a) for a in available) or 'none'}",
-                )
+            channels = requested_channels(available, channels, display)
             selected = channels
             unnamed: list[str] = []
         else:
@@ -463,7 +420,9 @@ class CsvReader(Reader):
         data = np.empty((len(selected), table.num_rows), dtype=np.float32)
         for row, name in enumerate(selected):
             _column_into(table.column(name), data[row])
-        _check_finite(data, selected, raw, display)
+        check_finite(
+            data, selected, display, lambda i, name: f"row {_file_row(raw, i)}, column '{name}'"
+        )
         rate = None
         if time_name is not None:
             t = _time_seconds(table.column(time_name), raw, display, time_name)
