@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -16,13 +17,10 @@ SCRIPT = REPO / "scripts" / "benchmark.py"
 REQUIRED = {"name", "device", "value", "unit", "target", "met", "params"}
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules.
-    sys.modules.setdefault("benchmark_script", module)
-    spec.loader.exec_module(module)
-    return module
+def _bench_module(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A module of the benchmarks package beside the script (``scripts/benchmarks/<name>.py``)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def _by_name(records: list[dict]) -> dict[str, list[dict]]:
@@ -117,30 +115,31 @@ def test_cuda_without_gpu_fails_clearly(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())
 
 
-def test_keras_without_tensorflow_names_the_fix() -> None:
-    bench = _load_script()
-    exe, reason = bench.find_keras_python(sys.executable)
+def test_keras_without_tensorflow_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    vs_keras = _bench_module("vs_keras", monkeypatch)
+    exe, reason = vs_keras.find_keras_python(sys.executable)
     if exe is not None:
         pytest.skip("this interpreter has tensorflow")
     assert "tensorflow" in reason and "--keras-python" in reason and "bench" in reason
 
 
-def test_sizes_keep_the_measured_models_and_input() -> None:
-    bench = _load_script()
+def test_sizes_keep_the_measured_models_and_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    common = _bench_module("common", monkeypatch)
+    training = _bench_module("training", monkeypatch)
     for device in ("cpu", "cuda"):
         for name in ("quick", "full"):
-            size = bench.size_for(name, device)
+            size = common.size_for(name, device)
             # Targets are never met by shrinking the work: real widths, an 8-block ResNet.
             assert size.cnn_widths == (32, 64, 128, 256)
             assert size.resnet_widths == (32, 64, 128, 256)
             assert sum(size.resnet_blocks) == 8
             assert size.epochs >= 3
-    assert bench.size_for("full", "cuda").batch_size == 1024
-    assert bench.size_for("quick", "cpu").frontend_batch == 256
-    assert bench.size_for("full", "cuda").frontend_batch == 1024
+    assert common.size_for("full", "cuda").batch_size == 1024
+    assert common.size_for("quick", "cpu").frontend_batch == 256
+    assert common.size_for("full", "cuda").frontend_batch == 1024
     # The hop aims at the wanted number of training windows, within one window's reach.
-    hop = bench._hop_for(1_000_000, 32, 2048)
-    assert 256 <= hop <= 4 * bench.WINDOW and hop % 256 == 0
+    hop = training.hop_for(1_000_000, 32, 2048)
+    assert 256 <= hop <= 4 * common.WINDOW and hop % 256 == 0
 
 
 def test_spent_time_budget_skips_sections_with_a_reason(tmp_path: Path) -> None:
@@ -155,3 +154,34 @@ def test_spent_time_budget_skips_sections_with_a_reason(tmp_path: Path) -> None:
         assert names[name][0]["skipped"] is True
         assert "--time-budget" in names[name][0]["reason"]
     assert "train_ours_cnn" not in names
+
+
+@pytest.mark.slow
+def test_ingest_in_process_times_every_phase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = _bench_module("dataset", monkeypatch)
+    folder = dataset.generate_dataset(tmp_path / "csv", 1.0)
+    work = tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--only", "ingest_in_process", "--ingest-folder", str(folder),
+         "--ingest-repeats", "2", "--ingest-channels", "sensor_a,sensor_b", "--workdir", str(work)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    ingest = [r for r in records if r["name"].startswith("ingest")]
+    phases = ("first_cold", "cold", "warm", "no_cache")
+    assert [r["name"] for r in ingest] == [f"ingest_in_process_{p}" for p in phases]
+    # Two repeats: one first cold load, one more cold, two warm and two without a cache.
+    assert [len(r["all_mb_per_s"]) for r in ingest] == [1, 1, 2, 2]
+    targets = {"ingest_in_process_cold": 250.0, "ingest_in_process_warm": 1000.0}
+    for r in ingest:
+        assert r["unit"] == "MB/s" and r["value"] == max(r["all_mb_per_s"]) > 0
+        assert r["median_mb_per_s"] > 0 and r["peak_rss_mb"] > 0
+        assert r["target"] == targets.get(r["name"])
+        assert r["met"] == (None if r["target"] is None else r["value"] >= r["target"])
+        assert r["params"]["files"] == 32 and r["params"]["fresh_process_per_phase"] is False
+        assert r["params"]["channels"] == ["sensor_a", "sensor_b"]
+    # The optional section reads only its folder: no generated dataset was written.
+    assert not list(work.glob("generated-*"))
