@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import CHANNELS, FRONTEND, WINDOW, Recorder, Size, rounded
+from .common import CHANNELS, FRONTEND, SAMPLE_RATE, WINDOW, Recorder, Size, rounded
 from .frontend import make_frontend
 from .training import TrainSetup, model_params
 
@@ -46,7 +46,12 @@ def bench_inference(rec: Recorder, setup: TrainSetup, models: dict[str, Any], wo
     import onnxruntime as ort
     import torch
 
-    from damage_lightning.export import DeployableModel, export_onnx, export_torchscript
+    from damage_lightning.export import (
+        DeployableModel,
+        ModelMetadata,
+        export_onnx,
+        export_torchscript,
+    )
 
     for kind, model in models.items():
         frontend = make_frontend()
@@ -56,10 +61,13 @@ def bench_inference(rec: Recorder, setup: TrainSetup, models: dict[str, Any], wo
         out = workdir / "export" / kind
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        onnx_path = export_onnx(deploy, out / "model.onnx", len(CHANNELS), WINDOW, {})
+        n_classes = int(model.hparams.num_classes)
+        meta = ModelMetadata([f"class_{i}" for i in range(n_classes)], list(CHANNELS),
+                             SAMPLE_RATE, WINDOW, WINDOW // 2, frontend.settings())  # fmt: skip
+        onnx_path = export_onnx(deploy, out / "model.onnx", meta)
         onnx_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ts_path = export_torchscript(deploy, out / "model.ts.pt", len(CHANNELS), WINDOW)
+        ts_path = export_torchscript(deploy, out / "model.ts.pt", meta)
         ts_s = time.perf_counter() - t0
         scripted = torch.jit.load(str(ts_path)).eval()
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -1,4 +1,4 @@
-"""CSV ingest speed: megabytes of CSV per second of ``csv_io.load_dataset``, cold and warm.
+"""CSV ingest speed: megabytes of CSV per second of ``io.dataset.load_dataset``, cold and warm.
 
 Section ``ingest`` (``ingest_cold``, ``ingest_warm``): each load in a fresh process, so every
 phase pays the imports; with an empty cache folder (parse, validate, write the cache) and with
@@ -65,7 +65,7 @@ def _run_child(mode: str, **spec: Any) -> dict[str, Any]:
 # -------------------------------------------------------------- one load per fresh process
 def _load_once(folder: str, cache: str | None, channels: list[str] | None) -> dict[str, Any]:
     """One ingest phase in this fresh process: time and peak RSS of one ``load_dataset``."""
-    from damage_lightning.data import csv_io
+    from damage_lightning.io import dataset as csv_io
 
     wall, cpu = time.perf_counter(), time.process_time()
     ds = csv_io.load_dataset(folder, channels=channels, sample_rate=SAMPLE_RATE, cache_dir=cache)
@@ -143,10 +143,11 @@ def _load_repeatedly(folder: str, manifest: str | None, channels: list[str] | No
     loads without a cache follow.
     """
     t0 = time.perf_counter()
-    from damage_lightning.data import csv_io
+    from damage_lightning.io import dataset as csv_io
+    from damage_lightning.io.discovery import discover
 
     import_s = time.perf_counter() - t0
-    specs = csv_io.discover(Path(folder), manifest)
+    specs = discover(Path(folder), manifest)
 
     def load(cache_dir: str | None) -> dict[str, float]:
         w, c = time.perf_counter(), time.process_time()
