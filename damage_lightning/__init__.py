@@ -15,6 +15,8 @@ _EXPORTS = {
     "DamageDataModule": "damage_lightning.data.datamodule",
     "SpectrogramFrontend": "damage_lightning.data.frontend",
     "generate_dataset": "damage_lightning.data.synthetic",
+    "BaseTask": "damage_lightning.tasks.base",
+    "ClassificationTask": "damage_lightning.tasks.classification",
     "DamageClassifier": "damage_lightning.models.base",
     "CNNClassifier": "damage_lightning.models.cnn",
     "ResNetClassifier": "damage_lightning.models.resnet",

@@ -36,8 +36,8 @@ from damage_lightning.errors import (
     OutputLocationError,
     Problem,
 )
-from damage_lightning.models.base import DamageClassifier, TrainingDivergedError
 from damage_lightning.run import finalize_run, write_predictions
+from damage_lightning.tasks.base import BaseTask, TrainingDivergedError
 
 RUN_NAME_ENV = "DAMAGE_LIGHTNING_RUN_NAME"
 
@@ -56,7 +56,7 @@ class DamageTrainer(Trainer):
 
     def export(
         self,
-        model: DamageClassifier,
+        model: BaseTask,
         datamodule: DamageDataModule | None = None,
         ckpt_path: str | None = None,
         weights_only: bool | None = None,
@@ -142,7 +142,7 @@ class DamageCLI(LightningCLI):
         self.run_dir: Path | None = None
         self._exit_stack = exit_stack
         self.started = time.time()
-        kwargs.setdefault("model_class", DamageClassifier)
+        kwargs.setdefault("model_class", BaseTask)
         kwargs.setdefault("datamodule_class", DamageDataModule)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("trainer_class", DamageTrainer)

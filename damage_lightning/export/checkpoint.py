@@ -15,7 +15,7 @@ from damage_lightning.export.deployable import DeployableModel
 from damage_lightning.export.spec import SECTION, ExportSpec
 
 if TYPE_CHECKING:
-    from damage_lightning.models.base import DamageClassifier
+    from damage_lightning.tasks.base import BaseTask
 
 
 def _bad_ckpt(path: Path, reason: str) -> DataValidationError:
@@ -23,12 +23,13 @@ def _bad_ckpt(path: Path, reason: str) -> DataValidationError:
 
 
 def _model_class(path: Path, class_path: Any) -> type:
-    """Import the model class named in a checkpoint, accepting only DamageClassifier subclasses.
+    """Import the model class named in a checkpoint, accepting only task (BaseTask) subclasses.
 
     The class path comes from a file, so it is not trusted: it must name an importable class
-    that subclasses ``DamageClassifier``; anything else is refused before it is called.
+    that subclasses ``damage_lightning.tasks.BaseTask``; anything else is refused before it is
+    called.
     """
-    from damage_lightning.models.base import DamageClassifier
+    from damage_lightning.tasks.base import BaseTask
 
     if not isinstance(class_path, str) or "." not in class_path:
         raise _bad_ckpt(path, f"model_class_path {class_path!r} is not 'package.module.Class'")
@@ -38,18 +39,18 @@ def _model_class(path: Path, class_path: Any) -> type:
     except ImportError as exc:
         raise _bad_ckpt(path, f"cannot import the model's module {module_name!r}: {exc}") from exc
     cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, DamageClassifier)):
+    if not (isinstance(cls, type) and issubclass(cls, BaseTask)):
         raise _bad_ckpt(
             path,
-            f"model_class_path {class_path!r} is not a DamageClassifier subclass; refusing to "
-            "build it",
+            f"model_class_path {class_path!r} is not a damage_lightning task (not a "
+            "DamageClassifier subclass or other BaseTask subclass); refusing to build it",
         )
     return cls
 
 
 def load_from_checkpoint(
     ckpt_path: str | os.PathLike, map_location: str = "cpu"
-) -> tuple[DamageClassifier, nn.Module, ExportSpec]:
+) -> tuple[BaseTask, nn.Module, ExportSpec]:
     """Rebuild a trained model and its front end from a checkpoint alone (e.g. in a notebook).
 
     The checkpoint is read with ``torch.load(..., weights_only=True)``: it may hold only tensors

@@ -1,133 +1,33 @@
-"""A small residual network for spectrograms: stem, stages of basic blocks, global pooling, head."""
+"""``ResNetClassifier``: the classification task with the ``resnet`` backbone and its arguments."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from torch import Tensor, nn
+from damage_lightning.networks.resnet import ResidualBlock, residual_block
+from damage_lightning.tasks.classification import ClassificationTask
 
-from damage_lightning.models.base import (
-    DamageClassifier,
-    check_positive_list,
-    classifier_head,
-    downsample_stride,
-    strided_size,
-)
+__all__ = ["ResNetClassifier", "ResidualBlock", "residual_block"]
 
 
-class ResidualBlock(nn.Module):
-    """Basic residual block: conv-BN-ReLU-conv-BN plus a shortcut, then ReLU.
-
-    Args:
-        in_channels: channels of the input.
-        out_channels: channels of the output.
-        stride: stride of the first convolution (per axis, or one for both).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int | tuple[int, int] = 1):
-        super().__init__()
-        stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
-        # A 1x1 projection only where the identity cannot be added (shape changes).
-        self.shortcut: nn.Module
-        if stride != (1, 1) or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-        else:
-            self.shortcut = nn.Identity()
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Residual sum of the block, ``(B, out_channels, F', T')``.
-
-        Args:
-            x: input feature map ``(B, in_channels, F, T)``.
-        """
-        return self.relu(self.body(x) + self.shortcut(x))
-
-
-def residual_block(
-    in_channels: int, out_channels: int, stride: int | tuple[int, int] = 1
-) -> nn.Module:
-    """A basic residual block (conv-BN-ReLU-conv-BN + shortcut, projected when shapes change).
-
-    Args:
-        in_channels: channels of the input.
-        out_channels: channels of the output.
-        stride: stride of the first convolution and of the projection (per axis, or one int).
-
-    Returns:
-        the block, mapping ``(B, in_channels, F, T)`` to ``(B, out_channels, F', T')``.
-    """
-    return ResidualBlock(in_channels, out_channels, stride)
-
-
-def resnet_network(
-    in_channels: int,
-    num_classes: int,
-    stem_width: int = 32,
-    widths: Sequence[int] = (32, 64, 128, 256),
-    blocks_per_stage: Sequence[int] = (2, 2, 2, 2),
-    dropout: float = 0.2,
-    spatial_size: tuple[int, int] | None = None,
-) -> nn.Sequential:
-    """Build the ResNet: stem, one stage per width, global average pooling, linear head.
-
-    The stem max-pools and the first block of every stage after the first has stride 2, each
-    only along axes still at least 2 long (known from ``spatial_size``).
-
-    Args:
-        in_channels: channels of the input spectrogram.
-        num_classes: number of logits.
-        stem_width: output channels of the stem convolution.
-        widths: output channels of the stages.
-        blocks_per_stage: residual blocks per stage (same length as ``widths``).
-        dropout: dropout probability before the linear head.
-        spatial_size: ``(freq, frames)`` of the input, or ``None`` when unknown (assumed large).
-
-    Returns:
-        a scriptable ``nn.Sequential`` mapping ``(B, C, F, T)`` to logits ``(B, num_classes)``.
-    """
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False),
-        nn.BatchNorm2d(stem_width),
-        nn.ReLU(inplace=True),
-    ]
-    size = spatial_size
-    stride = downsample_stride(size)
-    if stride != (1, 1):
-        layers.append(nn.MaxPool2d(kernel_size=3, stride=stride, padding=1))
-        size = strided_size(size, stride)
-    channels = stem_width
-    for stage, (width, n_blocks) in enumerate(zip(widths, blocks_per_stage, strict=True)):
-        for block in range(n_blocks):
-            stride = downsample_stride(size) if stage > 0 and block == 0 else (1, 1)
-            layers.append(residual_block(channels, width, stride))
-            size = strided_size(size, stride)
-            channels = width
-    layers += classifier_head(channels, num_classes, dropout)
-    return nn.Sequential(*layers)
-
-
-class ResNetClassifier(DamageClassifier):
+class ResNetClassifier(ClassificationTask):
     """Residual classifier of spectrograms (basic blocks, as in ResNet-18, scaled down).
+
+    The same as ``ClassificationTask(backbone="resnet", backbone_args={...})``, with the
+    backbone's arguments as its own (``damage_lightning.networks.resnet.ResNetBackbone``).
 
     Args:
         stem_width: output channels of the stem convolution.
         widths: output channels of the stages, one stage per entry.
         blocks_per_stage: residual blocks per stage, one entry per stage.
         dropout: dropout probability before the linear head.
-        **kwargs: the arguments of :class:`DamageClassifier` (``num_classes``, ``lr``, ...).
+        **kwargs: the arguments of :class:`~damage_lightning.tasks.ClassificationTask`
+            (``num_classes``, ``lr``, ...).
     """
+
+    # Fixed here and derived from the arguments above, so hyperparameters hold only those.
+    ignore = ("backbone", "backbone_args")
 
     def __init__(
         self,
@@ -140,28 +40,13 @@ class ResNetClassifier(DamageClassifier):
         # Lists, so that hparams.yaml and model_info.json hold plain YAML/JSON.
         widths = [int(w) for w in widths]
         blocks_per_stage = [int(n) for n in blocks_per_stage]
-        if stem_width < 1:
-            raise ValueError(f"stem_width must be positive, got {stem_width}")
-        check_positive_list(widths, "widths")
-        check_positive_list(blocks_per_stage, "blocks_per_stage")
-        if len(blocks_per_stage) != len(widths):
-            raise ValueError(
-                f"blocks_per_stage must give the number of blocks of each of the "
-                f"{len(widths)} stages in widths {widths}, got {blocks_per_stage}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        super().__init__(**kwargs)
-
-    def build_network(self) -> nn.Module:
-        """The :func:`resnet_network` for this model's hyperparameters."""
-        hp = self.hparams
-        return resnet_network(
-            in_channels=hp.in_channels,
-            num_classes=hp.num_classes,
-            stem_width=hp.stem_width,
-            widths=hp.widths,
-            blocks_per_stage=hp.blocks_per_stage,
-            dropout=hp.dropout,
-            spatial_size=None if hp.input_shape is None else tuple(hp.input_shape[1:]),
+        super().__init__(
+            backbone="resnet",
+            backbone_args={
+                "stem_width": stem_width,
+                "widths": widths,
+                "blocks_per_stage": blocks_per_stage,
+            },
+            dropout=dropout,
+            **kwargs,
         )
