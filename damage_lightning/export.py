@@ -202,9 +202,11 @@ def parse_metadata(meta: dict[str, str], source: str = "") -> dict[str, Any]:
     missing = [k for k in _RESERVED_KEYS if k not in meta]
     if missing:
         raise DataValidationError(
-            source,
-            "metadata",
-            f"missing entries {missing}; was this model exported by damage_lightning?",
+            Problem(
+                source,
+                "metadata",
+                f"missing entries {missing}; was this model exported by damage_lightning?",
+            )
         )
     try:
         out: dict[str, Any] = {
@@ -217,14 +219,18 @@ def parse_metadata(meta: dict[str, str], source: str = "") -> dict[str, Any]:
             "version": meta["damage_lightning_version"],
         }
     except ValueError as exc:
-        raise DataValidationError(source, "metadata", f"malformed entry: {exc}") from exc
+        raise DataValidationError(Problem(source, "metadata", f"malformed entry: {exc}")) from exc
     if not (
         isinstance(out["class_names"], list)
         and isinstance(out["channels"], list)
         and isinstance(out["frontend"], dict)
     ):
         raise DataValidationError(
-            source, "metadata", "class_names/channels must be JSON lists, frontend a JSON object"
+            Problem(
+                source,
+                "metadata",
+                "class_names/channels must be JSON lists, frontend a JSON object",
+            )
         )
     out["extra"] = {k: v for k, v in meta.items() if k not in _RESERVED_KEYS}
     return out
@@ -245,7 +251,7 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
         reason = f"onnxruntime cannot load the model: {exc}"
-        raise DataValidationError(str(path), "", reason) from exc
+        raise DataValidationError(Problem(str(path), "", reason)) from exc
     return parse_metadata(dict(session.get_modelmeta().custom_metadata_map), str(path))
 
 
