@@ -29,6 +29,7 @@ from damage_lightning.artifacts import (
     check_writable,
 )
 from damage_lightning.callbacks import RunArtifacts
+from damage_lightning.config_files import resolve_config_args
 from damage_lightning.data.datamodule import DamageDataModule
 from damage_lightning.errors import (
     DataValidationError,
@@ -381,8 +382,11 @@ def _report_command(argv: list[str]) -> int:
 def main(args: list[str] | None = None) -> int:
     """Run the command line; ``args`` defaults to ``sys.argv[1:]``.
 
-    Returns 0 on success. Bad input, an unusable output folder or a failed export verification
-    print a short message and raise ``SystemExit(2)``.
+    A ``--config NAME.yaml`` that does not exist where the user stands is the shipped config of
+    that name (``damage_lightning.config_files``); the substitution is announced on stderr.
+    Returns 0 on success. Bad input (a config file that is neither there nor shipped, too), an
+    unusable output folder or a failed export verification print a short message and raise
+    ``SystemExit(2)``.
     """
     argv = list(sys.argv[1:] if args is None else args)
     try:
@@ -390,6 +394,11 @@ def main(args: list[str] | None = None) -> int:
             return _data_command(argv[1:])
         if argv[:1] == ["report"]:
             return _report_command(argv[1:])
+        resolved = resolve_config_args(argv)
+        if args is None and resolved != argv:
+            # LightningCLI reads sys.argv itself when args is None (see below).
+            sys.argv[1:] = resolved
+        argv = resolved
         with contextlib.ExitStack() as stack:
             # args=None when called from the shell: LightningCLI then reads sys.argv itself
             # instead of warning that both were given.

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from damage_lightning.config_files import SHIPPED_DIR
 from damage_lightning.errors import DataValidationError, OutputLocationError, Problem
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The configs shipped inside the package (``damage_lightning/configs/``, package data).
+CONFIG_DIR = SHIPPED_DIR
 MODEL_TYPES = ("cnn", "resnet")
 
 
@@ -90,7 +92,7 @@ def run_training(
         raise DataValidationError(Problem(str(data_path), "", "data path does not exist"))
     base = CONFIG_DIR / f"{model_type}.yaml"
     if not base.is_file():
-        raise FileNotFoundError(f"{base}: the package's config is missing (reinstall with pip -e)")
+        raise FileNotFoundError(f"{base}: the package's config is missing (reinstall the package)")
     if config is not None and not Path(config).is_file():
         raise FileNotFoundError(f"{config}: config file not found")
     import contextlib

@@ -14,6 +14,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from damage_lightning.data.frontend import SpectrogramFrontend
+from damage_lightning.data.prefetch import PrefetchingWindowLoader
 from damage_lightning.data.splits import SplitPlan, plan_splits
 from damage_lightning.data.windows import WindowBatchLoader, build_window_index
 from damage_lightning.errors import DataValidationError, Problem
@@ -65,7 +66,10 @@ class DamageDataModule(pl.LightningDataModule):
             ``group`` when groups are given, else ``recording``, and ``block`` (contiguous blocks
             of each recording with a one-window gap) when a class has too few recordings.
         seed: seed of the split and of the shuffling.
-        spectrogram: ``mel`` (mel bands) or ``stft`` (linear frequency bins).
+        spectrogram: ``mel`` (mel bands) or ``stft`` (linear frequency bins). The front-end
+            defaults are those of ``configs/cnn.yaml`` (a 2 Hz STFT up to 300 Hz, made for the
+            built-in frame), so a bare ``DamageDataModule()`` gives what the default model
+            trains on; for data of your own choose ``f_max`` (``None``: Nyquist) or ``mel``.
         n_fft: FFT size of the spectrogram.
         hop_length: hop of the spectrogram frames (``None``: ``n_fft // 4``).
         n_mels: number of mel bands (``spectrogram: mel``).
@@ -74,12 +78,16 @@ class DamageDataModule(pl.LightningDataModule):
         power: 2 for a power spectrogram, 1 for magnitude.
         top_db: dynamic range kept below each example's peak, dB (``None``: no limit).
         batch_size: windows per batch (per device).
-        num_workers: kept for API compatibility with DataLoader-based modules; batches are
-            gathered in the main process without per-window Python work, so workers are unused.
+        num_workers: ``0`` gathers each training, validation and test batch when the step asks
+            for it; ``N > 0`` gathers up to ``2 N`` batches ahead in one background thread, which
+            hides disk reads of memory-mapped caches behind the training step (same batches,
+            same order). No worker processes: a batch is one numpy gather, not per-window
+            Python work. Without effect when the data live on the accelerator
+            (``device_data``).
         cache_dir: folder of the waveform cache and the built-in dataset (``None``:
             ``$DAMAGE_LIGHTNING_CACHE`` or ``~/.cache/damage_lightning``).
-        class_weights: compute inverse-frequency class weights from the training windows
-            (used by the model when its ``use_class_weights`` is on).
+        class_weights: offer inverse-frequency class weights of the training windows to the
+            model (:meth:`class_weight_tensor`); off, it returns ``None``.
         device_data: keep the waveforms on the accelerator and cut batches there: ``auto``
             does so on a GPU when the data take under a quarter of its free memory.
         predict_data_dir: recordings to predict (a folder or one CSV); ``None`` predicts the
@@ -105,12 +113,12 @@ class DamageDataModule(pl.LightningDataModule):
         test_fraction: float = 0.15,
         split_strategy: Literal["auto", "explicit", "group", "recording", "block"] = "auto",
         seed: int = 42,
-        spectrogram: Literal["mel", "stft"] = "mel",
-        n_fft: int = 256,
-        hop_length: int | None = None,
+        spectrogram: Literal["mel", "stft"] = "stft",
+        n_fft: int = 512,
+        hop_length: int | None = 64,
         n_mels: int = 64,
         f_min: float = 0.0,
-        f_max: float | None = None,
+        f_max: float | None = 300.0,
         power: float = 2.0,
         top_db: float | None = 80.0,
         batch_size: int = 64,
@@ -134,6 +142,8 @@ class DamageDataModule(pl.LightningDataModule):
             raise ValueError("data.val_fraction and data.test_fraction must lie in [0, 1)")
         if val_fraction + test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must leave data for training")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be 0 or more, got {num_workers}")
         self.window = int(window)
         self.batch_size = int(batch_size)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -366,7 +376,12 @@ class DamageDataModule(pl.LightningDataModule):
         rank, world = 0, 1
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
-        loader = WindowBatchLoader(
+        workers = self.hparams.num_workers
+        if workers and self._device is None:
+            loader_class, extra = PrefetchingWindowLoader, {"workers": workers}
+        else:
+            loader_class, extra = WindowBatchLoader, {}
+        loader = loader_class(
             self.dataset.waveforms,
             self.indices[split],
             self._labels,
@@ -379,6 +394,7 @@ class DamageDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world,
             pin_memory=self._device is None and torch.cuda.is_available(),
+            **extra,
         )
         return loader
 
@@ -480,10 +496,33 @@ class DamageDataModule(pl.LightningDataModule):
         waveform, label = next(iter(loader))
         return self.spectrogram(waveform), label
 
+    def plot_spectrogram(
+        self, split: str = "train", index: int = 0, channel: int = 0, ax: Any = None
+    ) -> Any:
+        """Draw the spectrogram of one window of ``split``, axes in hertz and seconds.
+
+        Args:
+            split: ``train``, ``val`` or ``test``.
+            index: the window's position in the split (in order, not shuffled).
+            channel: the sensor channel to draw.
+            ax: matplotlib axes to draw into (``None``: a new figure).
+
+        Returns:
+            The matplotlib axes.
+        """
+        from damage_lightning.data.plotting import plot_window
+
+        return plot_window(self, split, index=index, channel=channel, ax=ax)
+
     # ---------------------------------------------------------------------------- weights
-    @property
-    def class_weights(self) -> Tensor:
-        """Inverse-frequency weights of the training windows, ``N / (K * n_c)`` per class."""
+    def class_weight_tensor(self) -> Tensor | None:
+        """Inverse-frequency weights of the training windows, ``N / (K * n_c)`` per class.
+
+        Returns:
+            float32 ``(num_classes,)``, or ``None`` when ``class_weights`` is off.
+        """
+        if not self.hparams.class_weights:
+            return None
         if not self.indices:
             self.setup("fit")
         assert self._labels is not None

@@ -176,8 +176,9 @@ class ClassificationTask(BaseTask):
         weights = _datamodule_class_weights(getattr(self.trainer, "datamodule", None))
         if weights is None:
             raise RuntimeError(
-                "use_class_weights=True needs a DataModule with a `class_weights` tensor "
-                "(e.g. DamageDataModule); pass datamodule= to the Trainer or set "
+                "use_class_weights=True needs class weights from the DataModule: with "
+                "DamageDataModule set data.class_weights true (it computes them from the "
+                "training windows); pass datamodule= to the Trainer, or set "
                 "use_class_weights=False"
             )
         weights = weights.detach().to(dtype=torch.float32)
