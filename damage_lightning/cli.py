@@ -37,6 +37,7 @@ from damage_lightning.errors import (
     OutputLocationError,
     Problem,
 )
+from damage_lightning.report.options import MODEL_ENV, ReportOptions
 from damage_lightning.run import finalize_run, write_predictions
 from damage_lightning.tasks.base import BaseTask, TrainingDivergedError
 
@@ -181,22 +182,34 @@ class DamageCLI(LightningCLI):
             help="predict: folder for the prediction CSVs; export: folder for the exported files.",
         )
         parser.add_argument(
-            "--report.enabled", type=bool, default=True, help="Write the PDF report."
+            "--report.enabled",
+            type=bool,
+            default=ReportOptions.enabled,
+            help="Write the PDF report.",
         )
         parser.add_argument(
-            "--report.llm", type=bool, default=True, help="Ask Claude for the analysis."
+            "--report.llm",
+            type=bool,
+            default=ReportOptions.llm,
+            help="Ask Claude for the analysis.",
         )
         parser.add_argument(
             "--report.model",
             type=str | None,
-            default=None,
-            help="Claude model (default: $DAMAGE_LIGHTNING_LLM_MODEL or a current Sonnet).",
+            default=ReportOptions.model,
+            help=f"Claude model (default: ${MODEL_ENV} or a current Sonnet).",
         )
         parser.add_argument(
-            "--report.timeout", type=float, default=60.0, help="Overall LLM time limit, s."
+            "--report.timeout",
+            type=float,
+            default=ReportOptions.timeout,
+            help="Overall LLM time limit, s.",
         )
         parser.add_argument(
-            "--report.max_retries", type=int, default=2, help="LLM retries within the limit."
+            "--report.max_retries",
+            type=int,
+            default=ReportOptions.max_retries,
+            help="LLM retries within the limit.",
         )
         for attr in ("num_classes", "in_channels", "input_shape", "class_names"):
             parser.link_arguments(f"data.{attr}", f"model.init_args.{attr}", apply_on="instantiate")
@@ -360,9 +373,16 @@ def _report_command(argv: list[str]) -> int:
     )
     parser.add_argument("--run_dir", required=True, help="the run folder")
     parser.add_argument("--no-llm", dest="llm", action="store_false", help="offline analysis only")
-    parser.add_argument("--llm-model", default=None, help="Claude model name")
-    parser.add_argument("--timeout", type=float, default=60.0, help="overall LLM time limit, s")
-    parser.add_argument("--max-retries", type=int, default=2, help="LLM retries within the limit")
+    parser.add_argument("--llm-model", default=ReportOptions.model, help="Claude model name")
+    parser.add_argument(
+        "--timeout", type=float, default=ReportOptions.timeout, help="overall LLM time limit, s"
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=ReportOptions.max_retries,
+        help="LLM retries within the limit",
+    )
     ns = parser.parse_args(argv)
     run_dir = Path(ns.run_dir)
     if not (run_dir / "model_info.json").is_file():

@@ -21,7 +21,21 @@ import pandas as pd
 import torch
 
 import damage_lightning
-from damage_lightning.artifacts import atomic_write_bytes, atomic_write_json
+from damage_lightning.artifacts import atomic_write_bytes, to_jsonable
+from damage_lightning.card import (
+    HISTORY_FILE,
+    MODEL_CARD_FILE,
+    DataSummary,
+    EvaluationMetrics,
+    ExportEntry,
+    InputSpec,
+    ModelCard,
+    ModelSummary,
+    SplitSummary,
+    TrainerSummary,
+    TrainingHistory,
+)
+from damage_lightning.report.options import ReportOptions
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +48,8 @@ def _relative(path: str | Path, root: Path) -> str:
 
 
 def _best_epoch(run_dir: Path) -> int | None:
-    import json
-
     try:
-        return json.loads((run_dir / "training_history.json").read_text()).get("best_epoch")
+        return TrainingHistory.read(run_dir / HISTORY_FILE).best_epoch
     except (OSError, ValueError):
         return None
 
@@ -52,15 +64,15 @@ def finalize_run(
     seed: Any,
     started: float,
     report: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ModelCard:
     """After fit and test (rank zero): exports, ``model_info.json``, the report and the summary.
 
     The model holds the best checkpoint's weights (``trainer.test`` loaded them). Export
-    verification failures raise; a failing report is logged and never fails the run.
+    verification failures raise; a failing report is logged and never fails the run. ``report``
+    holds the ``ReportOptions`` fields (the CLI's ``--report.*``).
     """
     from damage_lightning.export import DeployableModel, ExportSpec, export_all
 
-    report = report or {}
     # The same record the checkpoint holds: exports after fit and `export` from the checkpoint
     # carry identical metadata.
     spec = ExportSpec.of(model, datamodule)
@@ -71,7 +83,6 @@ def finalize_run(
 
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    cls = type(model)
     hparams = {
         k: v
         for k, v in dict(model.hparams).items()
@@ -79,51 +90,63 @@ def finalize_run(
     }
     plan = datamodule.plan
     groups = [r.group for r in datamodule.dataset.recordings]
-    info: dict[str, Any] = {
-        "run_name": run_dir.name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "duration_s": round(time.time() - started, 2),
-        "seed": seed,
-        "model": {
-            "class_path": f"{cls.__module__}.{cls.__qualname__}",
-            "name": cls.__name__,
-            "parameters": params,
-            "trainable_parameters": trainable,
-            "hyperparameters": hparams,
-            "architecture": str(model.net),
-        },
-        "input": {
-            "channels": spec.channels,
-            "sample_rate": spec.sample_rate,
-            "window_length": spec.window,
-            "hop": spec.hop,
-            "spectrogram_shape": list(datamodule.input_shape),
-            "frontend": spec.frontend_settings,
-        },
-        "classes": spec.class_names,
-        "data": datamodule.data_summary(),
-        "splits": {
-            "strategy": plan.strategy,
-            "gap_samples": plan.gap,
-            "summary": plan.summary(datamodule.dataset.labels, groups),
-            "leakage_check": plan.check_no_leakage(groups),
-        },
-        "best_epoch": _best_epoch(run_dir),
-        "best_checkpoint": _relative(best_checkpoint, run_dir) if best_checkpoint else None,
-        "last_checkpoint": "checkpoints/last.ckpt"
+    test_results = getattr(model, "test_results", None)
+    # Parts that other modules return as dicts are checked against the card's schema here.
+    card = ModelCard(
+        run_name=run_dir.name,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        duration_s=round(time.time() - started, 2),
+        seed=seed,
+        model=ModelSummary(
+            class_path=spec.model_class_path,
+            name=type(model).__name__,
+            parameters=params,
+            trainable_parameters=trainable,
+            hyperparameters=hparams,
+            architecture=str(model.net),
+        ),
+        input=InputSpec(
+            channels=spec.channels,
+            sample_rate=spec.sample_rate,
+            window_length=spec.window,
+            hop=spec.hop,
+            spectrogram_shape=list(datamodule.input_shape),
+            frontend=spec.frontend_settings,
+        ),
+        classes=spec.class_names,
+        data=DataSummary.from_json(to_jsonable(datamodule.data_summary()), where="data"),
+        splits=SplitSummary.from_json(
+            to_jsonable(
+                {
+                    "strategy": plan.strategy,
+                    "gap_samples": plan.gap,
+                    "summary": plan.summary(datamodule.dataset.labels, groups),
+                    "leakage_check": plan.check_no_leakage(groups),
+                }
+            ),
+            where="splits",
+        ),
+        best_epoch=_best_epoch(run_dir),
+        best_checkpoint=_relative(best_checkpoint, run_dir) if best_checkpoint else None,
+        last_checkpoint="checkpoints/last.ckpt"
         if (run_dir / "checkpoints" / "last.ckpt").is_file()
         else None,
-        "test_metrics": getattr(model, "test_results", None),
-        "exports": exports,
-        "trainer": {
-            "accelerator": type(trainer.accelerator).__name__,
-            "devices": trainer.num_devices,
-            "strategy": type(trainer.strategy).__name__,
-            "precision": trainer.precision,
-            "epochs_run": trainer.current_epoch,
-            "max_epochs": trainer.max_epochs,
+        test_metrics=EvaluationMetrics.from_json(to_jsonable(test_results), where="test_metrics")
+        if test_results
+        else None,
+        exports={
+            name: ExportEntry.from_json(to_jsonable(entry), where=f"exports.{name}")
+            for name, entry in exports.items()
         },
-        "versions": {
+        trainer=TrainerSummary(
+            accelerator=type(trainer.accelerator).__name__,
+            devices=trainer.num_devices,
+            strategy=type(trainer.strategy).__name__,
+            precision=trainer.precision,
+            epochs_run=trainer.current_epoch,
+            max_epochs=trainer.max_epochs,
+        ),
+        versions={
             "damage_lightning": damage_lightning.__version__,
             "torch": torch.__version__,
             "torchaudio": _version("torchaudio"),
@@ -132,21 +155,21 @@ def finalize_run(
             "python": platform.python_version(),
             "numpy": np.__version__,
         },
-    }
-    info_path = run_dir / "model_info.json"
-    atomic_write_json(info_path, info)
+    )
+    card.write(run_dir / MODEL_CARD_FILE)
 
     pdf = None
-    if report.get("enabled", True):
+    options = ReportOptions(**(report or {}))
+    if options.enabled:
         try:
             from damage_lightning.report.build import generate_report
 
             result = generate_report(
                 run_dir,
-                llm=bool(report.get("llm", True)),
-                llm_model=report.get("model"),
-                timeout=float(report.get("timeout", 60.0)),
-                max_retries=int(report.get("max_retries", 2)),
+                llm=options.llm,
+                llm_model=options.model,
+                timeout=options.timeout,
+                max_retries=options.max_retries,
             )
             pdf = result.pdf_path
             print(f"analysis: {result.analysis_source}")
@@ -156,24 +179,23 @@ def finalize_run(
             log.exception("the report could not be written")
             print(f"warning: the report could not be written: {exc}", file=sys.stderr)
 
-    tm = info["test_metrics"] or {}
+    tm = card.test_metrics
+    accuracy = tm.accuracy if tm and tm.accuracy is not None else float("nan")
+    f1_macro = tm.f1_macro if tm and tm.f1_macro is not None else float("nan")
     print()
+    print(f"test accuracy: {accuracy:.4f}  macro F1: {f1_macro:.4f}")
     print(
-        f"test accuracy: {tm.get('accuracy', float('nan')):.4f}  "
-        f"macro F1: {tm.get('f1_macro', float('nan')):.4f}"
-    )
-    print(
-        f"checkpoint: {run_dir / info['best_checkpoint']}"
-        if info["best_checkpoint"]
+        f"checkpoint: {run_dir / card.best_checkpoint}"
+        if card.best_checkpoint
         else "checkpoint: none"
     )
-    print(f"onnx: {run_dir / exports['onnx']['path']}")
-    print(f"torchscript: {run_dir / exports['torchscript']['path']}")
+    print(f"onnx: {run_dir / card.exports['onnx'].path}")
+    print(f"torchscript: {run_dir / card.exports['torchscript'].path}")
     if pdf:
         print(f"report: {pdf}")
     print(f"run folder: {run_dir}")
     sys.stdout.flush()
-    return info
+    return card
 
 
 def _version(name: str) -> str | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from damage_lightning.card import MODEL_CARD_FILE, ModelCard
 from damage_lightning.config_files import SHIPPED_DIR
 from damage_lightning.errors import DataValidationError, OutputLocationError, Problem
 
@@ -114,22 +115,21 @@ def run_training(
         cli = DamageCLI(args=args, exit_stack=stack)
     run_dir = cli.run_dir
     assert run_dir is not None
-    info_path = run_dir / "model_info.json"
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    exports = info.get("exports", {})
-    report = (info.get("report") or {}).get("path")
+    info_path = run_dir / MODEL_CARD_FILE
+    card = ModelCard.read(info_path)
+    exports = card.exports or {}
 
     def _path(rel: str | None) -> Path | None:
         return run_dir / rel if rel else None
 
     return TrainingResult(
         run_dir=run_dir,
-        checkpoint=_path(info.get("best_checkpoint")),
-        onnx_path=_path(exports.get("onnx", {}).get("path")),
-        torchscript_path=_path(exports.get("torchscript", {}).get("path")),
-        report_path=_path(report),
+        checkpoint=_path(card.best_checkpoint),
+        onnx_path=_path(exports["onnx"].path if "onnx" in exports else None),
+        torchscript_path=_path(exports["torchscript"].path if "torchscript" in exports else None),
+        report_path=_path(card.report.path if card.report else None),
         model_info_path=info_path,
-        metrics=info.get("test_metrics") or {},
+        metrics=card.test_metrics.to_json() if card.test_metrics else {},
         duration_s=round(time.time() - started, 2),
         model_type=model_type,
     )

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from damage_lightning.artifacts import atomic_write_bytes
-from damage_lightning.report.analysis import as_number, class_names, clean_text, history_epochs
+from damage_lightning.card import ModelCard, TrainingHistory
+from damage_lightning.report.facts import class_names, confusion_matrix
+from damage_lightning.report.record import RunRecord
+from damage_lightning.report.text import as_number, clean_text
 
 FIG_WIDTH_IN = 6.5
 DPI = 160
@@ -93,7 +96,7 @@ def _save(fig: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def training_curves(history: dict[str, Any], path: Path) -> FigureFile | None:
+def training_curves(history: TrainingHistory, path: Path) -> FigureFile | None:
     """Loss, accuracy and learning rate per epoch, best epoch and LR reductions marked.
 
     Returns ``None`` when the history has no epochs with numbers to plot.
@@ -102,10 +105,9 @@ def training_curves(history: dict[str, Any], path: Path) -> FigureFile | None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    epochs = history_epochs(history)
-
     def series(key: str) -> tuple[list[int], list[float]]:
-        pts = [(int(e["epoch"]), v) for e in epochs if (v := as_number(e.get(key))) is not None]
+        values = ((e.epoch, as_number(getattr(e, key))) for e in history.epochs)
+        pts = [(epoch, v) for epoch, v in values if v is not None]
         return [p[0] for p in pts], [p[1] for p in pts]
 
     panels = []
@@ -125,12 +127,8 @@ def training_curves(history: dict[str, Any], path: Path) -> FigureFile | None:
     if not panels:
         return None
 
-    best = as_number(history.get("best_epoch"))
-    reductions = [
-        int(r["epoch"])
-        for r in history.get("lr_reductions") or []
-        if isinstance(r, dict) and as_number(r.get("epoch")) is not None
-    ]
+    best = history.best_epoch
+    reductions = [r.epoch for r in history.lr_reductions]
     height = min(MAX_FIG_HEIGHT_IN, 0.5 + 2.55 * len(panels))
     with matplotlib.rc_context(_rc()):
         fig = Figure(figsize=(FIG_WIDTH_IN, height), dpi=DPI, layout="constrained")
@@ -156,7 +154,7 @@ def training_curves(history: dict[str, Any], path: Path) -> FigureFile | None:
                     color="tab:green",
                     linestyle="--",
                     linewidth=1.2,
-                    label=f"best epoch {int(best)}",
+                    label=f"best epoch {best}",
                 )
             for i, epoch in enumerate(reductions):
                 ax.axvline(
@@ -174,7 +172,7 @@ def training_curves(history: dict[str, Any], path: Path) -> FigureFile | None:
         _save(fig, path)
     marks = []
     if best is not None:
-        marks.append(f"dashed green line: best epoch {int(best)}")
+        marks.append(f"dashed green line: best epoch {best}")
     if reductions:
         marks.append(
             "dotted lines: learning-rate reductions at epoch(s) "
@@ -270,19 +268,13 @@ def confusion_matrix_figure(
     )
 
 
-def confusion_from_info(model_info: dict[str, Any]) -> tuple[list[list[float]], list[str]] | None:
+def confusion_from_card(card: ModelCard | None) -> tuple[list[list[float]], list[str]] | None:
     """The square test confusion matrix and its class names; ``None`` when absent or malformed."""
-    test = model_info.get("test_metrics") if isinstance(model_info, dict) else None
-    cm = test.get("confusion_matrix") if isinstance(test, dict) else None
-    if not isinstance(cm, list) or not cm:
-        return None
-    if not all(isinstance(r, list) and len(r) == len(cm) for r in cm):
-        return None
-    rows = [[as_number(v) or 0.0 for v in r] for r in cm]
-    return rows, class_names(model_info, len(rows))
+    rows = confusion_matrix(card.test_metrics if card else None)
+    return None if rows is None else (rows, class_names(card, len(rows)))
 
 
-def make_figures(run: dict[str, Any], out_dir: Path) -> list[FigureFile]:
+def make_figures(record: RunRecord, out_dir: Path) -> list[FigureFile]:
     """Draw every figure the run's data allows, in the order they appear in the PDF."""
     out_dir = Path(out_dir)
     figures: list[FigureFile] = []
@@ -290,10 +282,10 @@ def make_figures(run: dict[str, Any], out_dir: Path) -> list[FigureFile]:
         # Scripts the font lacks (some class names) are drawn as boxes; that is not an error.
         warnings.filterwarnings("ignore", message=r".*[Gg]lyph.*missing.*")
         warnings.filterwarnings("ignore", message=r".*Matplotlib currently does not support.*")
-        curves = training_curves(run.get("history") or {}, out_dir / CURVES_NAME)
+        curves = training_curves(record.history, out_dir / CURVES_NAME)
         if curves is not None:
             figures.append(curves)
-        cm = confusion_from_info(run.get("model_info") or {})
+        cm = confusion_from_card(record.card)
         if cm is not None:
             matrix, names = cm
             figures.append(

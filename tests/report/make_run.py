@@ -265,43 +265,15 @@ def config_dict(run_name: str, classes: list[str], max_epochs: int) -> dict[str,
     }
 
 
-def make_run(
-    root: str | Path,
-    *,
+def model_info(
     name: str = "cnn-20261126-101500",
     classes: list[str] | tuple[str, ...] = CLASSES,
-    max_epochs: int = 40,
-    seed: int = 1,
+    best_epoch: int | None = 10,
+    *,
     with_test: bool = True,
-    with_exports: bool = True,
-    empty_history: bool = False,
-    files: tuple[str, ...] = (
-        "model_info.json",
-        "training_history.json",
-        "splits.json",
-        "config.yaml",
-        "training_log.txt",
-    ),
-) -> Path:
-    """Write a run folder ``root/name`` and return it.
-
-    Args:
-        root: where to create the run folder.
-        name: run name (folder name and ``run_name``).
-        classes: class names (any text, to test escaping).
-        max_epochs: max epochs; early stopping usually ends the run earlier (20-40 epochs).
-        seed: noise seed of the simulated curves.
-        with_test: include test metrics (confusion matrix, per-class table).
-        with_exports: include ONNX/TorchScript exports with checksums.
-        empty_history: write a history without epochs.
-        files: which of the run folder's files to write.
-    """
+) -> dict[str, Any]:
+    """The model card of the fake run as a JSON object (without exports), schema as written."""
     classes = list(classes)
-    run = Path(root) / name
-    run.mkdir(parents=True, exist_ok=True)
-    history = simulate_history(max_epochs, seed)
-    if empty_history:
-        history = {"monitor": "val_loss", "max_epochs": max_epochs, "epochs": []}
     train_windows = {c: 240 for c in classes}
     train_windows[classes[0]] = 120  # one smaller class: data imbalance ratio 2.0
     per_class = {
@@ -361,7 +333,7 @@ def make_run(
             },
             "leakage_check": {"passed": True, "overlapping_ranges": 0},
         },
-        "best_epoch": history.get("best_epoch"),
+        "best_epoch": best_epoch,
         "best_checkpoint": "checkpoints/best.ckpt",
         "versions": {
             "damage_lightning": "0.1.0",
@@ -373,6 +345,47 @@ def make_run(
     }
     if with_test:
         info["test_metrics"] = metrics_from(confusion(classes), classes)
+    return info
+
+
+def make_run(
+    root: str | Path,
+    *,
+    name: str = "cnn-20261126-101500",
+    classes: list[str] | tuple[str, ...] = CLASSES,
+    max_epochs: int = 40,
+    seed: int = 1,
+    with_test: bool = True,
+    with_exports: bool = True,
+    empty_history: bool = False,
+    files: tuple[str, ...] = (
+        "model_info.json",
+        "training_history.json",
+        "splits.json",
+        "config.yaml",
+        "training_log.txt",
+    ),
+) -> Path:
+    """Write a run folder ``root/name`` and return it.
+
+    Args:
+        root: where to create the run folder.
+        name: run name (folder name and ``run_name``).
+        classes: class names (any text, to test escaping).
+        max_epochs: max epochs; early stopping usually ends the run earlier (20-40 epochs).
+        seed: noise seed of the simulated curves.
+        with_test: include test metrics (confusion matrix, per-class table).
+        with_exports: include ONNX/TorchScript exports with checksums.
+        empty_history: write a history without epochs.
+        files: which of the run folder's files to write.
+    """
+    classes = list(classes)
+    run = Path(root) / name
+    run.mkdir(parents=True, exist_ok=True)
+    history = simulate_history(max_epochs, seed)
+    if empty_history:
+        history = {"monitor": "val_loss", "max_epochs": max_epochs, "epochs": []}
+    info = model_info(name, classes, history.get("best_epoch"), with_test=with_test)
     if with_exports:
         export = run / "export"
         export.mkdir(exist_ok=True)

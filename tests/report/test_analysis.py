@@ -8,10 +8,16 @@ import typing
 
 import pytest
 from fake_anthropic import NORMAL_ANSWER, running
-from make_run import CONFUSED_WITH, WEAK_CLASS, make_run
+from make_run import CONFUSED_WITH, WEAK_CLASS, make_run, model_info
 
+from damage_lightning.card import ModelCard, TrainingHistory
 from damage_lightning.report import analysis as an
-from damage_lightning.report.build import load_run
+from damage_lightning.report import llm
+from damage_lightning.report.facts import summarise_run
+from damage_lightning.report.offline import offline_sections
+from damage_lightning.report.options import MODEL_ENV
+from damage_lightning.report.record import RunRecord
+from damage_lightning.report.text import SECTIONS, clean_text, format_number
 
 
 @pytest.fixture
@@ -22,7 +28,13 @@ def fake_api(monkeypatch):
 
 @pytest.fixture(scope="module")
 def run_data(tmp_path_factory):
-    return load_run(make_run(tmp_path_factory.mktemp("runs")))
+    return RunRecord.load(make_run(tmp_path_factory.mktemp("runs")))
+
+
+def record(history=None, **card_parts):
+    """A run record from a history and, when parts are given, make_run's card with those parts."""
+    card = ModelCard.from_json({**model_info(), **card_parts}) if card_parts else None
+    return RunRecord(card=card, history=TrainingHistory.from_json(history or {}))
 
 
 def _history(train, val, lr=None, **extra):
@@ -47,7 +59,7 @@ def _history(train, val, lr=None, **extra):
 def test_overfitting_gap_detected_when_train_falls_and_val_rises():
     train = [1.0 - 0.09 * i for i in range(10)]  # 1.0 -> 0.19
     val = [1.0, 0.8, 0.6, 0.5, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7]  # minimum at epoch 4
-    result = an.analyse({"history": _history(train, val)}, llm=False)
+    result = an.analyse(record(_history(train, val)), llm=False)
     facts = result.facts
     assert facts["overfitting"] is True
     assert facts["val_loss_min"] == {"epoch": 4, "value": 0.45}
@@ -66,20 +78,20 @@ def test_overfitting_gap_detected_when_train_falls_and_val_rises():
 def test_no_overfitting_and_train_longer_when_val_still_falls():
     train = [1.0 - 0.05 * i for i in range(10)]
     val = [1.1 - 0.05 * i for i in range(10)]
-    facts = an.summarise_run({"history": _history(train, val)})
+    facts = summarise_run(record(_history(train, val)))
     assert facts["overfitting"] is False
     assert facts["still_improving"] is True
-    recs = an.offline_sections(facts)["Recommendations"]
+    recs = offline_sections(facts)["Recommendations"]
     assert "Train longer: validation loss still improved in the last epoch (9)" in recs
     assert "raise max_epochs above 10" in recs
 
 
 def test_lr_reductions_plateaus_and_early_stop_are_described(run_data):
-    history = run_data["history"]
+    history = run_data.history.to_json()
     result = an.analyse(run_data, llm=False)
     text = result.sections["Training dynamics"]
     for r in history["lr_reductions"]:
-        assert f"LR reduced at epoch {r['epoch']} from {an.format_number(r['from'])}" in text
+        assert f"LR reduced at epoch {r['epoch']} from {format_number(r['from'])}" in text
     stop = history["early_stopping"]["stopped_epoch"]
     assert f"Early stopping triggered at epoch {stop} (patience 8)" in text
     assert (
@@ -115,11 +127,13 @@ def test_most_confused_pair_named_without_weak_classes():
     info = {
         "classes": ["a", "b", "c"],
         "test_metrics": {
+            "loss": None,
             "accuracy": 0.95,
+            "f1_macro": None,
             "confusion_matrix": [[95, 4, 1], [0, 100, 0], [0, 2, 98]],
         },
     }
-    result = an.analyse({"model_info": info}, llm=False)
+    result = an.analyse(record(**info), llm=False)
     assert result.facts["weak_recall"] == []
     # Per-class metrics were derived from the matrix because per_class was absent.
     assert result.facts["per_class"]["a"]["recall"] == pytest.approx(0.95)
@@ -129,8 +143,8 @@ def test_most_confused_pair_named_without_weak_classes():
 
 
 def test_offline_analysis_of_an_almost_empty_run_does_not_fail():
-    result = an.analyse({"model_info": {}, "history": {"epochs": []}}, llm=False)
-    assert all(result.sections[name].strip() for name in an.SECTIONS)
+    result = an.analyse(record({"epochs": []}), llm=False)
+    assert all(result.sections[name].strip() for name in SECTIONS)
     assert "history is empty" in result.sections["Executive summary"]
     assert "no test metrics" in result.sections["Executive summary"]
     assert "No epochs were recorded" in result.sections["Training dynamics"]
@@ -139,7 +153,7 @@ def test_offline_analysis_of_an_almost_empty_run_does_not_fail():
 def test_null_values_in_history_are_skipped():
     history = _history([1.0, 0.5, 0.4], [1.0, 0.6, 0.7])
     history["epochs"][1]["val_loss"] = None  # NaN is written as null
-    facts = an.summarise_run({"history": history})
+    facts = summarise_run(record(history))
     assert facts["val_loss_min"] == {"epoch": 2, "value": 0.7}
     assert facts["at_best"]["epoch"] == 2
 
@@ -150,9 +164,9 @@ def test_null_values_in_history_are_skipped():
 
 def test_parse_response_accepts_the_object_plain_or_fenced():
     text = json.dumps(NORMAL_ANSWER)
-    assert an.parse_response(text) == {k: v.strip() for k, v in NORMAL_ANSWER.items()}
-    assert an.parse_response(f"```json\n{text}\n```") == an.parse_response(text)
-    assert an.parse_response(f"Here it is:\n{text}\nThanks") == an.parse_response(text)
+    assert llm.parse_response(text) == {k: v.strip() for k, v in NORMAL_ANSWER.items()}
+    assert llm.parse_response(f"```json\n{text}\n```") == llm.parse_response(text)
+    assert llm.parse_response(f"Here it is:\n{text}\nThanks") == llm.parse_response(text)
 
 
 @pytest.mark.parametrize(
@@ -177,18 +191,18 @@ def test_parse_response_accepts_the_object_plain_or_fenced():
             "unexpected key 'P'",
         ),
         ('{"Executive summary": "x", ', "answer holds no JSON object"),
-        ("{" + "x" * (an.MAX_RESPONSE_CHARS + 1) + "}", "answer is too long"),
+        ("{" + "x" * (llm.MAX_RESPONSE_CHARS + 1) + "}", "answer is too long"),
     ],
 )
 def test_parse_response_rejects(answer, reason):
-    with pytest.raises(an.ResponseFormatError, match=reason.replace("(", r"\(")):
-        an.parse_response(answer)
+    with pytest.raises(llm.ResponseFormatError, match=reason.replace("(", r"\(")):
+        llm.parse_response(answer)
 
 
 def test_clean_text_strips_controls_and_cuts():
-    assert an.clean_text("a\x00b\x07c\x1b[31md\x1b[0m\u202ee\u202c\tf") == "abcde    f"
-    assert an.clean_text("x" * 50, max_len=10) == "x" * 9 + "…"
-    assert an.clean_text("שלום") == "שלום"
+    assert clean_text("a\x00b\x07c\x1b[31md\x1b[0m\u202ee\u202c\tf") == "abcde    f"
+    assert clean_text("x" * 50, max_len=10) == "x" * 9 + "…"
+    assert clean_text("שלום") == "שלום"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +212,7 @@ def test_clean_text_strips_controls_and_cuts():
 def test_default_model_is_a_current_sonnet_of_the_installed_sdk():
     from anthropic._data import DEPRECATED_MODELS
 
-    name = an.default_model()
+    name = llm.default_model()
     assert name.startswith("claude-sonnet-")
     assert name not in DEPRECATED_MODELS
 
@@ -219,12 +233,12 @@ def test_default_model_skips_deprecated_and_prefers_newest(monkeypatch):
     monkeypatch.setattr(model_param, "ModelParam", typing.Union[names, str])  # noqa: UP007
     monkeypatch.setattr(model_mod, "Model", typing.Union[names, str])  # noqa: UP007
     monkeypatch.setattr(anthropic._data, "DEPRECATED_MODELS", {"claude-sonnet-7-1": "soon"})
-    assert an.default_model() == "claude-sonnet-7-1-20270101"
+    assert llm.default_model() == "claude-sonnet-7-1-20270101"
 
     only_opus = typing.Literal["claude-opus-9-9"]
     monkeypatch.setattr(model_param, "ModelParam", only_opus)
     monkeypatch.setattr(model_mod, "Model", only_opus)
-    assert an.default_model() == an.FALLBACK_MODEL
+    assert llm.default_model() == llm.FALLBACK_MODEL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,13 +264,13 @@ def test_claude_answer_is_used(fake_api, run_data):
 
 
 def test_model_from_environment(fake_api, run_data, monkeypatch):
-    monkeypatch.setenv(an.MODEL_ENV, "claude-from-env")
+    monkeypatch.setenv(MODEL_ENV, "claude-from-env")
     an.analyse(run_data, timeout=10, max_retries=0)
     an.analyse(run_data, model="claude-argument", timeout=10, max_retries=0)
-    monkeypatch.delenv(an.MODEL_ENV)
+    monkeypatch.delenv(MODEL_ENV)
     an.analyse(run_data, timeout=10, max_retries=0)
     models = [r["body"]["model"] for r in fake_api.requests]
-    assert models == ["claude-from-env", "claude-argument", an.default_model()]
+    assert models == ["claude-from-env", "claude-argument", llm.default_model()]
 
 
 def test_no_key_means_offline_without_a_request(fake_api, run_data, monkeypatch):
@@ -325,7 +339,7 @@ def test_failures_fall_back_with_a_one_line_reason(
     assert result.fallback_reason.startswith(reason)
     assert "\n" not in result.fallback_reason
     assert len(fake_api.requests) == n_requests
-    assert result.sections == an.offline_sections(result.facts)
+    assert result.sections == offline_sections(result.facts)
 
 
 def test_connection_refused_falls_back(run_data, monkeypatch):

@@ -18,10 +18,10 @@ from pypdf import PdfReader
 
 from damage_lightning.artifacts import TMP_PREFIX, capture_output
 from damage_lightning.errors import DataValidationError
-from damage_lightning.report import figures
-from damage_lightning.report import pdf as report_pdf
-from damage_lightning.report.analysis import format_percent
+from damage_lightning.report import figures, layout
 from damage_lightning.report.build import generate_report
+from damage_lightning.report.sections import HEADINGS
+from damage_lightning.report.text import format_percent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,7 @@ def test_offline_report_has_every_section_in_order_with_the_runs_numbers(run_dir
     assert result.analysis_source == "offline analysis"
     assert result.fallback_reason == "ANTHROPIC_API_KEY is not set"
     text = pdf_text(result.pdf_path)
-    assert_in_order(text, ["Training report", "At a glance", *report_pdf.HEADINGS])
+    assert_in_order(text, ["Training report", "At a glance", *HEADINGS])
     one_line = flat(text)
     accuracy = format_percent(info["test_metrics"]["accuracy"])
     assert accuracy == "95.33%"
@@ -135,8 +135,8 @@ def test_offline_report_has_every_section_in_order_with_the_runs_numbers(run_dir
 
 
 def test_history_table_is_sampled_to_about_25_rows():
-    assert report_pdf.sample_indices(10) == list(range(10))
-    rows = report_pdf.sample_indices(200, keep=(137,))
+    assert layout.sample_indices(10) == list(range(10))
+    rows = layout.sample_indices(200, keep=(137,))
     assert rows[0] == 0 and rows[-1] == 199 and 137 in rows
     assert 24 <= len(rows) <= 27
     # Every 9th epoch (200 / 24 rounded up), plus the last and the kept one.
@@ -184,7 +184,7 @@ def test_api_failures_give_the_offline_analysis_and_the_reason(
     assert f"Claude not used: {reason}" in text
     assert "Validation loss bottomed out at" in text
     assert "FAKE-CLAUDE" not in text
-    assert_in_order(pdf_text(result.pdf_path), list(report_pdf.HEADINGS))
+    assert_in_order(pdf_text(result.pdf_path), list(HEADINGS))
     assert image_count(result.pdf_path) == 3
     info = json.loads((run_dir / "model_info.json").read_text())
     assert info["report"]["fallback_reason"] == reason
@@ -243,7 +243,7 @@ def test_missing_optional_parts_are_named_not_fatal(tmp_path, no_key):
     assert result.figures == []
     assert image_count(result.pdf_path) == 0
     text = flat(pdf_text(result.pdf_path))
-    assert_in_order(text, list(report_pdf.HEADINGS))
+    assert_in_order(text, list(HEADINGS))
     for phrase in (
         "Not available in the run folder: splits.json: not found; config.yaml: could not be read (",
         "training_log.txt: not found",
@@ -325,9 +325,9 @@ def test_report_modules_import_without_torch_or_heavy_libraries():
     assert out.stdout.strip() == "[]"
 
 
-def test_values_of_unexpected_types_cost_at_most_a_section(tmp_path, no_key):
-    run = tmp_path / "odd"
-    run.mkdir()
+def test_files_of_the_wrong_shape_are_named_gaps_and_not_rewritten(run_dir, no_key):
+    # A card of the wrong shape is not a model card: the report names the first problem, draws
+    # every section from what it can read, and leaves the file as it was.
     info = {
         "run_name": "odd",
         "model": "CNN",
@@ -338,21 +338,35 @@ def test_values_of_unexpected_types_cost_at_most_a_section(tmp_path, no_key):
         "exports": {"onnx": "model.onnx"},
         "versions": ["torch"],
     }
+    good_card = (run_dir / "model_info.json").read_text()
+    odd_card = json.dumps(info)
+    (run_dir / "model_info.json").write_text(odd_card)
+    (run_dir / "splits.json").write_text(json.dumps({"recordings": [{"segments": "x"}, 3]}))
+    (run_dir / "config.yaml").write_text("- just\n- a list\n")
+    result = generate_report(run_dir)
+    text = flat(pdf_text(result.pdf_path))
+    assert_in_order(text, list(HEADINGS))
+    assert "model_info.json: created: required field is missing" in text
+    assert "splits.json: not a split assignment (TypeError: " in text
+    assert "config.yaml: not a YAML mapping" in text
+    assert "Validation loss bottomed out at" in text  # the history is still analysed
+    assert (run_dir / "model_info.json").read_text() == odd_card
+    assert [p.name for p in result.figures] == ["training_curves.png"]
+
     history = {
         "epochs": [{"epoch": "a", "val_loss": "NaN", "train_loss": None}, 5, {"val_loss": 0.5}],
         "lr_reductions": "x",
         "early_stopping": "yes",
         "best_epoch": "7",
     }
-    (run / "model_info.json").write_text(json.dumps(info))
-    (run / "training_history.json").write_text(json.dumps(history))
-    (run / "splits.json").write_text(json.dumps({"recordings": [{"segments": "x"}, 3]}))
-    (run / "config.yaml").write_text("- just\n- a list\n")
-    result = generate_report(run)
+    (run_dir / "model_info.json").write_text(good_card)
+    (run_dir / "training_history.json").write_text(json.dumps(history))
+    result = generate_report(run_dir)
     text = flat(pdf_text(result.pdf_path))
-    assert_in_order(text, list(report_pdf.HEADINGS))
-    assert "config.yaml: not a YAML mapping" in text
-    assert "Validation loss bottomed out at 0.5 in epoch 1" in text
-    assert json.loads((run / "model_info.json").read_text())["report"]["figures"] == [
-        "report/training_curves.png"
+    assert_in_order(text, list(HEADINGS))
+    assert "training_history.json: epochs[0].epoch: expected an integer, got text 'a'" in text
+    assert "training_history.json has no epochs" in text
+    assert json.loads((run_dir / "model_info.json").read_text())["report"]["figures"] == [
+        "report/confusion_matrix.png",
+        "report/confusion_matrix_normalised.png",
     ]

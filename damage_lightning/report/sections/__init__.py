@@ -1,0 +1,21 @@
+"""The sections of the report PDF, one function each over the typed run record.
+
+``overview`` (title page, analysis), ``inputs`` (model and data, splits, hyperparameters) and
+``results`` (curves, test results, history, log, reproducibility); ``pdf.render_pdf`` puts them
+in the order of :data:`HEADINGS`.
+"""
+
+HEADINGS = (
+    "1 Analysis",
+    "1.1 Executive summary",
+    "1.2 Training dynamics",
+    "1.3 Recommendations",
+    "2 Model and dataset",
+    "3 Data splits and leakage check",
+    "4 Hyperparameters",
+    "5 Training curves",
+    "6 Test results",
+    "7 Training history",
+    "8 Training log",
+    "9 Reproducibility",
+)
