@@ -211,6 +211,7 @@ class Verification(JsonRecord):
     passed: bool
     max_abs_diff: float
     max_abs_diff_logits: float | None = None
+    max_abs_diff_outputs: dict[str, float] | None = None
     batch_sizes: list[int]
     runtime: str
 

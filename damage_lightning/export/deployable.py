@@ -26,6 +26,8 @@ class DeployableModel(nn.Module):
         net: maps those features to logits ``(B, K)``.
     """
 
+    output_names = OUTPUT_NAMES
+
     def __init__(self, frontend: nn.Module, net: nn.Module):
         super().__init__()
         self.frontend = frontend

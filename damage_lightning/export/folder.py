@@ -15,7 +15,6 @@ from damage_lightning.deploy.metadata import ModelMetadata
 from damage_lightning.errors import ExportVerificationError
 from damage_lightning.export.deployable import (
     INPUT_NAME,
-    OUTPUT_NAMES,
     DeployableModel,
     cpu_float_copy,
 )
@@ -25,6 +24,7 @@ from damage_lightning.export.torchscript import (
     export_torchscript,
     verify_torchscript,
 )
+from damage_lightning.export.verify import output_names
 
 LABELS_FILE = "labels.json"
 PREPROCESSING_FILE = "preprocessing.json"
@@ -77,7 +77,7 @@ def preprocessing_spec(model: DeployableModel, metadata: ModelMetadata) -> dict[
             "dtype": "float32",
             "layout": "(batch, channels, window): raw samples, channels in the order below",
         },
-        "outputs": list(OUTPUT_NAMES),
+        "outputs": list(output_names(model)),
         "channels": meta.channels,
         "sample_rate": meta.sample_rate,
         "window_length": meta.window_length,

@@ -19,13 +19,12 @@ from damage_lightning.deploy.metadata import ModelMetadata
 from damage_lightning.errors import ExportVerificationError
 from damage_lightning.export.deployable import (
     INPUT_NAME,
-    OUTPUT_NAMES,
     DeployableModel,
     device_of,
     eval_mode,
     example_waveforms,
 )
-from damage_lightning.export.verify import verify
+from damage_lightning.export.verify import output_names, verify
 
 ONNX_FILE = "model.onnx"
 
@@ -54,8 +53,9 @@ def export_onnx(
     """Export ``model`` to one self-contained ONNX file with a dynamic batch axis and metadata.
 
     The dynamo exporter is used (opset 18 is the first with STFT); the graph's input is
-    ``waveform`` ``(batch, channels, window)`` float32 and its outputs ``logits`` and
-    ``probabilities``. The file is written atomically: a crash leaves the previous file intact.
+    ``waveform`` ``(batch, channels, window)`` float32 and its outputs the module's
+    ``output_names`` (``logits`` and ``probabilities`` for a classifier). The file is written
+    atomically: a crash leaves the previous file intact.
 
     Args:
         model: the module to export (exported on its own device; its train/eval mode is restored).
@@ -81,7 +81,7 @@ def export_onnx(
             dynamo=True,
             opset_version=opset,
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(output_names(model)),
             dynamic_shapes=({0: batch},),
             external_data=False,
             optimize=True,
@@ -136,15 +136,15 @@ def verify_onnx(
         raise ExportVerificationError(f"{path}: onnxruntime cannot load the model: {exc}") from exc
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    if inputs != [INPUT_NAME] or outputs[:2] != list(OUTPUT_NAMES):
+    expected = list(output_names(model))
+    if inputs != [INPUT_NAME] or outputs != expected:
         raise ExportVerificationError(
-            f"{path}: expected input {[INPUT_NAME]} and outputs {list(OUTPUT_NAMES)}, "
+            f"{path}: expected input {[INPUT_NAME]} and outputs {expected}, "
             f"found {inputs} and {outputs}"
         )
 
-    def run(waveform: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        logits, probs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: waveform.numpy()})
-        return np.asarray(logits), np.asarray(probs)
+    def run(waveform: Tensor) -> list[np.ndarray]:
+        return [np.asarray(o) for o in session.run(expected, {INPUT_NAME: waveform.numpy()})]
 
     runtime = f"onnxruntime {ort.__version__}"
     return verify(path, run, model, channels, window, batch_sizes, atol, seed, runtime)

@@ -110,10 +110,11 @@ def verify_torchscript(
         raise ExportVerificationError(f"{path}: {reason}") from exc
     loaded.eval()
 
-    def run(waveform: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def run(waveform: Tensor) -> list[np.ndarray]:
         with torch.no_grad():
-            logits, probs = loaded(waveform)
-        return logits.float().numpy(), probs.float().numpy()
+            outputs = loaded(waveform)
+        outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
+        return [o.numpy() if not o.is_floating_point() else o.float().numpy() for o in outputs]
 
     runtime = f"torch.jit {torch.__version__.split('+')[0]}"
     return verify(path, run, model, channels, window, batch_sizes, atol, seed, runtime)

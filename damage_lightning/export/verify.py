@@ -13,29 +13,57 @@ from torch import Tensor, nn
 from damage_lightning.errors import ExportVerificationError
 from damage_lightning.export.deployable import OUTPUT_NAMES, device_of, eval_mode, example_waveforms
 
-Runner = Callable[[Tensor], tuple[np.ndarray, np.ndarray]]
+Runner = Callable[[Tensor], Sequence[np.ndarray]]
 
 
-def _eager_outputs(model: nn.Module, waveform: Tensor) -> tuple[np.ndarray, np.ndarray]:
+def output_names(model: nn.Module) -> tuple[str, ...]:
+    """A deployable module's output names, in order: its ``output_names``, else a classifier's."""
+    return tuple(getattr(model, "output_names", OUTPUT_NAMES))
+
+
+def _eager_outputs(model: nn.Module, waveform: Tensor) -> list[np.ndarray]:
     with eval_mode(model), torch.no_grad():
-        logits, probs = model(waveform.to(device_of(model)))
-    return logits.float().cpu().numpy(), probs.float().cpu().numpy()
+        outputs = model(waveform.to(device_of(model)))
+    outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
+    return [
+        o.cpu().numpy() if not o.is_floating_point() else o.float().cpu().numpy() for o in outputs
+    ]
 
 
 def _compare(
     path: Path,
     batch: int,
-    eager: tuple[np.ndarray, np.ndarray],
-    exported: tuple[np.ndarray, np.ndarray],
+    names: Sequence[str],
+    eager: Sequence[np.ndarray],
+    exported: Sequence[np.ndarray],
     atol: float,
-) -> tuple[float, float]:
-    """Return (max |diff| of probabilities, of logits) or raise ExportVerificationError."""
-    for name, ref, got in zip(OUTPUT_NAMES, eager, exported, strict=True):
+) -> dict[str, float]:
+    """Max |difference| per output, or raise ExportVerificationError.
+
+    Float outputs may differ by ``atol * max(1, max|eager|)`` (float32 error is relative, so
+    unbounded outputs such as logits get a tolerance that scales with them; for probabilities it
+    is ``atol``); other outputs (decisions, flags) must be equal.
+    """
+    if len(exported) != len(names):
+        raise ExportVerificationError(
+            f"{path}: the exported model gives {len(exported)} outputs, expected {list(names)}"
+        )
+    diffs = {}
+    for name, ref, got in zip(names, eager, exported, strict=True):
+        got = np.asarray(got)
         if tuple(got.shape) != tuple(ref.shape):
             raise ExportVerificationError(
                 f"{path}: at batch size {batch} the exported {name} have shape "
                 f"{tuple(got.shape)}, the eager model gives {tuple(ref.shape)}"
             )
+        if not np.issubdtype(ref.dtype, np.floating):
+            if not np.array_equal(got.astype(ref.dtype), ref):
+                raise ExportVerificationError(
+                    f"{path}: at batch size {batch} the exported {name} differ from the eager "
+                    "model's"
+                )
+            diffs[name] = 0.0
+            continue
         if not np.isfinite(ref).all():
             raise ExportVerificationError(
                 f"{path}: the eager model gives non-finite {name} at batch size {batch} "
@@ -45,21 +73,15 @@ def _compare(
             raise ExportVerificationError(
                 f"{path}: the exported model gives non-finite {name} at batch size {batch}"
             )
-    diff_logits = float(np.abs(exported[0] - eager[0]).max(initial=0.0))
-    diff_probs = float(np.abs(exported[1] - eager[1]).max(initial=0.0))
-    if not diff_probs <= atol:
-        raise ExportVerificationError(
-            f"{path}: at batch size {batch} the exported probabilities differ from the eager "
-            f"model's by {diff_probs:.3g} (tolerance {atol:g})"
-        )
-    # Logits are unbounded, so their tolerance scales with their size (float32 is relative).
-    logit_tol = atol * max(1.0, float(np.abs(eager[0]).max(initial=0.0)))
-    if not diff_logits <= logit_tol:
-        raise ExportVerificationError(
-            f"{path}: at batch size {batch} the exported logits differ from the eager model's "
-            f"by {diff_logits:.3g} (tolerance {logit_tol:.3g})"
-        )
-    return diff_probs, diff_logits
+        diff = float(np.abs(got.astype(np.float64) - ref).max(initial=0.0))
+        tol = atol * max(1.0, float(np.abs(ref).max(initial=0.0)))
+        if not diff <= tol:
+            raise ExportVerificationError(
+                f"{path}: at batch size {batch} the exported {name} differ from the eager "
+                f"model's by {diff:.3g} (tolerance {tol:.3g})"
+            )
+        diffs[name] = diff
+    return diffs
 
 
 def verify(
@@ -76,13 +98,15 @@ def verify(
     """Compare ``run`` (the exported file) with the eager ``model``, one fresh input per batch size.
 
     Returns:
-        ``{"passed", "max_abs_diff" (probabilities), "max_abs_diff_logits", "batch_sizes",
-        "runtime"}``.
+        ``{"passed", "max_abs_diff" (of probabilities, else of the first output),
+        "max_abs_diff_logits" (when there are logits), "max_abs_diff_outputs" (per output),
+        "batch_sizes", "runtime"}``.
 
     Raises:
         ExportVerificationError: the file does not run, or its outputs differ.
     """
-    worst_p = worst_l = 0.0
+    names = output_names(model)
+    worst = dict.fromkeys(names, 0.0)
     for i, batch in enumerate(batch_sizes):
         waveform = example_waveforms(channels, window, int(batch), seed=seed + i)
         eager = _eager_outputs(model, waveform)
@@ -92,12 +116,15 @@ def verify(
             raise ExportVerificationError(
                 f"{path}: running the exported model at batch size {batch} failed: {exc}"
             ) from exc
-        d_p, d_l = _compare(path, int(batch), eager, exported, atol)
-        worst_p, worst_l = max(worst_p, d_p), max(worst_l, d_l)
-    return {
+        for name, diff in _compare(path, int(batch), names, eager, exported, atol).items():
+            worst[name] = max(worst[name], diff)
+    result: dict[str, Any] = {
         "passed": True,
-        "max_abs_diff": worst_p,
-        "max_abs_diff_logits": worst_l,
-        "batch_sizes": [int(b) for b in batch_sizes],
-        "runtime": runtime,
+        "max_abs_diff": worst.get("probabilities", worst[names[0]]),
     }
+    if "logits" in worst:
+        result["max_abs_diff_logits"] = worst["logits"]
+    result["max_abs_diff_outputs"] = worst
+    result["batch_sizes"] = [int(b) for b in batch_sizes]
+    result["runtime"] = runtime
+    return result
