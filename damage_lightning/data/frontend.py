@@ -32,11 +32,11 @@ class SpectrogramFrontend(nn.Module):
     vibration) into differences of 1e-3 dB between FFT implementations (pocketfft, cuFFT,
     onnxruntime); in float64 eager, TorchScript and ONNX agree to about 1e-6 after normalisation.
 
-    Frames are centred (``center=True``, reflect padding), so a window of ``T`` samples gives
-    ``T // hop_length + 1`` frames. With ``log=True`` the output is in decibels and, when ``top_db``
-    is set, clamped at ``top_db`` below the maximum of each example (over its channels, frequencies
-    and frames), never of the whole batch: an example gives the same spectrogram alone or in any
-    batch.
+    Frames are centred by default (``center=True``, reflect padding), so a window of ``T`` samples
+    gives ``T // hop_length + 1`` frames (``average_frames`` averages them into one). With
+    ``log=True`` the output is in decibels and, when ``top_db`` is set, clamped at ``top_db``
+    below the maximum of each example (over its channels, frequencies and frames), never of the
+    whole batch: an example gives the same spectrogram alone or in any batch.
 
     Normalisation: the buffers ``mean`` and ``std`` (one value per channel) are applied as
     ``(spectrogram - mean) / std``. They start as 0 and 1 (the identity) and are set by
@@ -59,6 +59,13 @@ class SpectrogramFrontend(nn.Module):
         top_db: with ``log``, clamp each example at this many dB below its maximum; ``None`` to
             keep the full range.
         eps: floor applied before the logarithm (torchaudio's ``amin``).
+        center: centre the frames on their sample with reflect padding (torchaudio's default);
+            ``False`` takes only frames that lie inside the window (``1 + (T - n_fft) //
+            hop_length`` of them), so no frame mixes in a mirrored copy of the window's edge.
+        average_frames: average the power over the frames before the logarithm, a Welch estimate
+            of the power spectral density: the output has one frame ``(B, C, F, 1)``. For
+            stationary vibration the frame-to-frame variation is estimation noise, and the log of
+            the mean varies less than the mean of the logs.
     """
 
     def __init__(
@@ -76,6 +83,8 @@ class SpectrogramFrontend(nn.Module):
         log: bool = True,
         top_db: float | None = 80.0,
         eps: float = 1e-10,
+        center: bool = True,
+        average_frames: bool = False,
     ):
         super().__init__()
         hop_length = n_fft // 4 if hop_length is None else int(hop_length)
@@ -99,6 +108,8 @@ class SpectrogramFrontend(nn.Module):
         self.log = bool(log)
         self.top_db = None if top_db is None else float(top_db)
         self.eps = float(eps)
+        self.center = bool(center)
+        self.average_frames = bool(average_frames)
 
         n_stft = self.n_fft // 2 + 1
         # float64: see the class docstring. Buffers follow the module's device; the window and the
@@ -147,7 +158,7 @@ class SpectrogramFrontend(nn.Module):
             waveform: float tensor ``(B, C, T)``.
 
         Returns:
-            float32 tensor ``(B, C, F, T // hop_length + 1)``.
+            float32 tensor ``(B, C, F, frames)`` (see :meth:`output_shape`).
         """
         # (Shapes are constants of a trace; checking them there only produces TracerWarnings.)
         if not torch.jit.is_tracing() and (
@@ -168,7 +179,11 @@ class SpectrogramFrontend(nn.Module):
             win_length=self.win_length,
             power=self.power,
             normalized=False,
-        ).to(torch.float32)
+            center=self.center,
+        )
+        if self.average_frames:
+            spec = spec.mean(dim=-1, keepdim=True)
+        spec = spec.to(torch.float32)
         if self._mel:
             spec = torch.matmul(spec.transpose(-1, -2), self.mel_fb.to(spec.dtype)).transpose(
                 -1, -2
@@ -191,7 +206,7 @@ class SpectrogramFrontend(nn.Module):
             waveform: float tensor ``(B, C, T)``.
 
         Returns:
-            float32 tensor ``(B, C, F, T // hop_length + 1)``.
+            float32 tensor ``(B, C, F, frames)`` (see :meth:`output_shape`).
         """
         spec = self.features(waveform)
         return (spec - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
@@ -202,13 +217,24 @@ class SpectrogramFrontend(nn.Module):
         Args:
             window: samples per window.
         """
-        if window <= self.n_fft // 2:
+        if self.center and window <= self.n_fft // 2:
             # torch.stft's reflect padding needs more samples than half the FFT size.
             raise ValueError(
                 f"a window of {window} samples is too short for n_fft={self.n_fft}: it needs more "
                 f"than {self.n_fft // 2} samples"
             )
-        return self.n_channels, self.n_freqs, window // self.hop_length + 1
+        if not self.center and window < self.n_fft:
+            raise ValueError(
+                f"a window of {window} samples is too short for n_fft={self.n_fft} without "
+                "centred frames: it needs at least n_fft samples"
+            )
+        if self.average_frames:
+            frames = 1
+        elif self.center:
+            frames = window // self.hop_length + 1
+        else:
+            frames = 1 + (window - self.n_fft) // self.hop_length
+        return self.n_channels, self.n_freqs, frames
 
     @torch.no_grad()
     def fit_normalization(self, batches: Iterable[Tensor]) -> None:
@@ -272,6 +298,8 @@ class SpectrogramFrontend(nn.Module):
             "log": self.log,
             "top_db": self.top_db,
             "eps": self.eps,
+            "center": self.center,
+            "average_frames": self.average_frames,
         }
 
     def extra_repr(self) -> str:
