@@ -14,6 +14,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from damage_lightning.data.frontend import SpectrogramFrontend
+from damage_lightning.data.novelty_split import plan_novelty_splits
 from damage_lightning.data.prefetch import PrefetchingWindowLoader
 from damage_lightning.data.splits import SplitPlan, plan_splits
 from damage_lightning.data.windows import WindowBatchLoader, build_window_index
@@ -77,6 +78,10 @@ class DamageDataModule(pl.LightningDataModule):
         f_max: highest frequency kept, Hz (``None``: Nyquist).
         power: 2 for a power spectrogram, 1 for magnitude.
         top_db: dynamic range kept below each example's peak, dB (``None``: no limit).
+        center: centre the spectrogram frames with reflect padding; ``False`` keeps only frames
+            inside the window.
+        average_frames: average the power over the frames before the logarithm (a Welch power
+            spectral density, one frame per window), as the novelty detector uses.
         batch_size: windows per batch (per device).
         num_workers: ``0`` gathers each training, validation and test batch when the step asks
             for it; ``N > 0`` gathers up to ``2 N`` batches ahead in one background thread, which
@@ -99,6 +104,14 @@ class DamageDataModule(pl.LightningDataModule):
             ``DE_time``). ``None`` takes a file's single numeric array.
         tdms_group: NI ``.tdms`` recordings: the group to read (``None``: the only group with
             data).
+        healthy_label: train a novelty detector: only recordings of this label (the healthy
+            ones) are split into train, validation (calibration) and test; recordings of every
+            other label go to the test whole, and ``class_names`` lists the healthy label first.
+            A dataset of one class is such data whatever its label. ``None`` with several
+            classes: classification.
+        synthetic_scenario: the built-in dataset used when ``data_dir`` is ``None``:
+            ``classes`` (five classes for a classifier) or ``monitoring`` (many healthy
+            recordings plus small damage, for ``configs/novelty.yaml``).
     """
 
     def __init__(
@@ -121,6 +134,8 @@ class DamageDataModule(pl.LightningDataModule):
         f_max: float | None = 300.0,
         power: float = 2.0,
         top_db: float | None = 80.0,
+        center: bool = True,
+        average_frames: bool = False,
         batch_size: int = 64,
         num_workers: int = 0,
         cache_dir: str | None = None,
@@ -130,6 +145,8 @@ class DamageDataModule(pl.LightningDataModule):
         synthetic_seed: int = 0,
         variables: list[str] | None = None,
         tdms_group: str | None = None,
+        healthy_label: str | None = None,
+        synthetic_scenario: Literal["classes", "monitoring"] = "classes",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -174,7 +191,11 @@ class DamageDataModule(pl.LightningDataModule):
             return Path(self.hparams.data_dir).expanduser()
         from damage_lightning.data.synthetic import default_dataset_dir
 
-        return default_dataset_dir(self.cache_dir, seed=self.hparams.synthetic_seed)
+        return default_dataset_dir(
+            self.cache_dir,
+            seed=self.hparams.synthetic_seed,
+            scenario=self.hparams.synthetic_scenario,
+        )
 
     @property
     def recordings(self) -> list[RecordingSpec]:
@@ -187,10 +208,44 @@ class DamageDataModule(pl.LightningDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        """Sorted class labels; the model's output index ``i`` is ``class_names[i]``."""
+        """Sorted class labels; the model's output index ``i`` is ``class_names[i]``.
+
+        For novelty detection (:attr:`novelty`) the healthy label comes first.
+        """
         if self.dataset is not None:
-            return list(self.dataset.class_names)
-        return sorted({r.label for r in self.recordings})
+            names = list(self.dataset.class_names)
+        else:
+            names = sorted({r.label for r in self.recordings})
+        healthy = self._healthy(names)
+        return names if healthy is None else [healthy, *(n for n in names if n != healthy)]
+
+    @property
+    def novelty(self) -> bool:
+        """Whether the data are for a novelty detector: ``healthy_label`` set, or one class."""
+        return self.healthy_class is not None
+
+    @property
+    def healthy_class(self) -> str | None:
+        """The healthy label a novelty detector trains on (``None``: classification data)."""
+        return self._healthy(sorted({r.label for r in self.recordings}))
+
+    def _healthy(self, names: list[str]) -> str | None:
+        wanted = self.hparams.healthy_label
+        if len(names) == 1:
+            # One class is healthy data whatever it is called: the folder may say "normal".
+            return names[0]
+        if wanted is None:
+            return None
+        if wanted not in names:
+            raise DataValidationError(
+                Problem(
+                    str(self.data_root),
+                    "",
+                    f"data.healthy_label {wanted!r} is not a label of the data "
+                    f"({', '.join(names)}); set it to the label of the healthy recordings",
+                )
+            )
+        return wanted
 
     @property
     def num_classes(self) -> int:
@@ -243,6 +298,8 @@ class DamageDataModule(pl.LightningDataModule):
             "f_max": hp.f_max,
             "power": hp.power,
             "top_db": hp.top_db,
+            "center": hp.center,
+            "average_frames": hp.average_frames,
         }
 
     def _build_frontend(self) -> SpectrogramFrontend:
@@ -272,6 +329,7 @@ class DamageDataModule(pl.LightningDataModule):
                 min_samples=self.window,
                 cache_dir=self.cache_dir,
                 options=self.reader_options,
+                min_classes=1 if self.novelty else 2,
             )
             ds.warnings[:0] = [w for w in self._spec_warnings if w not in ds.warnings]
             if rank_zero_only.rank == 0:
@@ -288,7 +346,10 @@ class DamageDataModule(pl.LightningDataModule):
         """Read and validate all recordings, split them, cut windows, fit the normalisation."""
         ds = self._load()
         if self.plan is None:
-            self.plan = plan_splits(
+            healthy = self.healthy_class
+            planner = plan_splits if healthy is None else plan_novelty_splits
+            extra = {} if healthy is None else {"healthy": healthy}
+            self.plan = planner(
                 labels=ds.labels,
                 lengths=[w.shape[1] for w in ds.waveforms],
                 window=self.window,
@@ -303,8 +364,9 @@ class DamageDataModule(pl.LightningDataModule):
                 seed=self.hparams.seed,
                 strategy=self.hparams.split_strategy,
                 relpaths=[r.relpath for r in ds.recordings],
+                **extra,
             )
-            classes = ds.class_names
+            classes = self.class_names
             self._labels = np.array([classes.index(lab) for lab in ds.labels], dtype=np.int64)
             self.indices = {
                 s: build_window_index(self.plan, s, self.window, self.hop) for s in SPLITS
@@ -367,7 +429,9 @@ class DamageDataModule(pl.LightningDataModule):
         self.frontend.fit_normalization(batch[0] for batch in loader)
 
     # ----------------------------------------------------------------------------- loaders
-    def _loader(self, split: str, shuffle: bool) -> WindowBatchLoader:
+    def _loader(
+        self, split: str, shuffle: bool, with_positions: bool = False, host: bool = False
+    ) -> WindowBatchLoader:
         # The loader exposes ``sampler.set_epoch``: Lightning calls it with the epoch count that
         # survives a resume, so a resumed run shuffles exactly like an uninterrupted one.
         if self.dataset is None or split not in self.indices:
@@ -377,7 +441,8 @@ class DamageDataModule(pl.LightningDataModule):
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
         workers = self.hparams.num_workers
-        if workers and self._device is None:
+        device = None if host else self._device
+        if workers and device is None:
             loader_class, extra = PrefetchingWindowLoader, {"workers": workers}
         else:
             loader_class, extra = WindowBatchLoader, {}
@@ -390,10 +455,11 @@ class DamageDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             drop_last=False,
             seed=self.hparams.seed,
-            device=self._device,
+            device=device,
             rank=rank,
             world_size=world,
-            pin_memory=self._device is None and torch.cuda.is_available(),
+            pin_memory=device is None and torch.cuda.is_available() and not host,
+            with_positions=with_positions,
             **extra,
         )
         return loader
@@ -403,12 +469,24 @@ class DamageDataModule(pl.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> WindowBatchLoader:
-        """Validation windows, in order."""
-        return self._loader("val", shuffle=False)
+        """Validation windows, in order (for novelty detection with recording and start)."""
+        return self._loader("val", shuffle=False, with_positions=self.novelty)
 
     def test_dataloader(self) -> WindowBatchLoader:
-        """Test windows, in order."""
-        return self._loader("test", shuffle=False)
+        """Test windows, in order (for novelty detection with recording and start)."""
+        return self._loader("test", shuffle=False, with_positions=self.novelty)
+
+    def waveform_windows(self, split: str) -> WindowBatchLoader:
+        """Raw waveform windows of ``split`` in order, on the CPU, with recording and start.
+
+        Batches are ``(waveform, label, recording, start)``: what a reference method that
+        works on waveforms (not spectrograms) needs, e.g. the novelty task's classical
+        baseline.
+
+        Args:
+            split: ``train``, ``val`` or ``test``.
+        """
+        return self._loader(split, shuffle=False, with_positions=True, host=True)
 
     def predict_dataloader(self) -> WindowBatchLoader:
         """Windows to predict, with their recording and start sample.

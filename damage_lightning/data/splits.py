@@ -232,6 +232,7 @@ def plan_splits(
     seed: int = 42,
     strategy: Literal["auto", "explicit", "group", "recording", "block"] = "auto",
     relpaths: list[str] | None = None,
+    min_classes: int = 2,
 ) -> SplitPlan:
     """Assign recordings (or blocks of them) to train/val/test without leakage.
 
@@ -250,6 +251,8 @@ def plan_splits(
         seed: seed of the random assignment.
         strategy: ``"auto"`` or one strategy to force.
         relpaths: recording paths used in error messages (``"recording #i"`` otherwise).
+        min_classes: fewest classes accepted: 2 for a classifier, 1 for the healthy recordings a
+            novelty detector trains on.
 
     Raises:
         DataValidationError: when the data cannot be split as asked; every problem found is
@@ -274,7 +277,7 @@ def plan_splits(
     if explicit is not None and all(e is None for e in explicit):
         explicit = None
 
-    problems = _check_common(labels, lengths, window, fractions, names)
+    problems = _check_common(labels, lengths, window, fractions, names, min_classes)
     if problems:
         raise DataValidationError(problems)
     fracs = dict(zip(SPLITS, (float(f) for f in fractions), strict=True))
@@ -349,6 +352,7 @@ def _check_common(
     window: int,
     fractions: tuple[float, float, float],
     names: list[str],
+    min_classes: int = 2,
 ) -> list[Problem]:
     """Problems that rule out any split: fractions, classes, recordings shorter than a window."""
     problems = []
@@ -370,7 +374,7 @@ def _check_common(
         problems.append(Problem(_SETTINGS, "", "there are no recordings to split"))
         return problems
     classes = sorted(set(labels))
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         problems.append(
             Problem(
                 _SETTINGS,

@@ -244,6 +244,7 @@ def load_dataset(
     cache_dir: str | Path | None = None,
     progress: bool = False,
     options: ReaderOptions | None = None,
+    min_classes: int = 2,
 ) -> LoadedDataset:
     """Discover, read and validate every recording of a data folder.
 
@@ -263,6 +264,8 @@ def load_dataset(
         cache_dir: where parsed arrays are cached; ``None`` reads without a cache.
         progress: print a progress line to stderr while reading.
         options: format options (``.mat`` variables, ``.tdms`` group).
+        min_classes: fewest classes accepted: 2 for a classifier, 1 for a novelty detector's
+            healthy-only data.
 
     Raises:
         DataValidationError: with every problem found.
@@ -385,12 +388,13 @@ def load_dataset(
             )
 
     labels = sorted({s.label for s in specs})
-    if len(labels) == 1:
+    if len(labels) < min_classes:
         problems.append(
             Problem(
                 str(data_dir),
                 "",
-                f"only one class ('{labels[0]}') found; a classifier needs at least two classes",
+                f"only one class ('{labels[0]}') found; a classifier needs at least two classes "
+                "(to train on healthy recordings only, use --config configs/novelty.yaml)",
             )
         )
     if problems:
