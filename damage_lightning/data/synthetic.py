@@ -3,6 +3,8 @@
 Five classes (undamaged, stiffness loss in story 1, 2 or 3, and a bumper contact between floors 2
 and 3) are simulated with nuisance variation that is not damage (temperature-like stiffness drift,
 added mass, excitation level, sensor noise) and written as folder-per-class CSV plus a manifest.
+The ``monitoring`` scenario (``data/monitoring.py``) writes the same frame's recordings for a
+novelty detector: many healthy ones and a few damaged ones of graded severity.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.linalg
@@ -33,6 +36,7 @@ CLASS_NAMES: tuple[str, ...] = (
     "bumper_contact",
 )
 CHANNELS: tuple[str, ...] = ("base", "floor1", "floor2", "floor3")
+SCENARIOS = ("classes", "monitoring")
 
 #: Bumped whenever the generated numbers change, so cached datasets of older versions are not used.
 DATASET_VERSION = "shear_frame_v2"
@@ -449,6 +453,7 @@ def simulate_recording(
     rng: np.random.Generator,
     n_samples: int = 8192,
     sample_rate: float = 1024.0,
+    severity: float | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Simulate one recording of a class: base and floor accelerations with sensor noise.
 
@@ -457,6 +462,8 @@ def simulate_recording(
         rng: the random generator; every random choice of the recording comes from it.
         n_samples: samples per channel.
         sample_rate: samples per second.
+        severity: stiffness-loss fraction of a ``story*`` class; ``None`` draws it from
+            :data:`SEVERITY_RANGE` (the one draw that a given severity skips).
 
     Returns:
         ``(data, metadata)``: ``data`` is ``(4, n_samples)`` float32 in :data:`CHANNELS` order
@@ -485,12 +492,16 @@ def simulate_recording(
     masses = nominal.masses.copy()
     masses[mass_floor - 1] *= 1.0 + mass_fraction
     stiffnesses = nominal.stiffnesses * (1.0 + drift)
-    severity, story, gap_ratio = 0.0, 0, None
+    story, gap_ratio = 0, None
     if label.startswith("story"):
         story = int(label[len("story")])
-        severity = float(rng.uniform(*SEVERITY_RANGE))
+        severity = float(rng.uniform(*SEVERITY_RANGE)) if severity is None else float(severity)
+        if not 0.0 <= severity < 1.0:
+            raise ValueError(f"severity must be in [0, 1), got {severity}")
         stiffnesses[story - 1] *= 1.0 - severity
-    elif label == "bumper_contact":
+    else:
+        severity = 0.0
+    if label == "bumper_contact":
         gap_ratio = float(rng.uniform(*GAP_RATIO_RANGE))
     frame = ShearFrame(masses, stiffnesses, nominal.damping_ratio)
 
@@ -545,14 +556,28 @@ def _check_sample_rate(frame: ShearFrame, sample_rate: float) -> None:
 # Dataset on disk
 
 
-def _parameters(seed: int, recordings_per_class: int, n_samples: int, sample_rate: float) -> dict:
-    return {
+def _parameters(
+    seed: int,
+    recordings_per_class: int,
+    n_samples: int,
+    sample_rate: float,
+    scenario: str = "classes",
+    healthy_recordings: int | None = None,
+) -> dict:
+    params: dict[str, Any] = {
         "version": DATASET_VERSION,
         "seed": int(seed),
         "recordings_per_class": int(recordings_per_class),
         "n_samples": int(n_samples),
         "sample_rate": float(sample_rate),
     }
+    if scenario != "classes":
+        # Only other scenarios add keys: markers of datasets written before scenarios existed
+        # must keep matching (or every cached dataset would be refused as "other parameters").
+        from damage_lightning.data.monitoring import monitoring_parameters
+
+        params.update(monitoring_parameters(healthy_recordings))
+    return params
 
 
 def _read_marker(folder: Path) -> dict | None:
@@ -589,21 +614,35 @@ def _manifest_row(path: str, label: str, sample_rate: float, metadata: dict[str,
     return row
 
 
-def _write_dataset(folder: Path, params: dict) -> int:
-    """Generate every recording into ``folder`` (which exists and is empty); marker last."""
+def _class_recordings(params: dict) -> Iterator[tuple[str, str, np.ndarray, dict[str, Any]]]:
+    """``(label, relpath, data, metadata)`` of every recording of the five-class dataset."""
     root = np.random.SeedSequence(params["seed"])
-    rows = []
     # Each recording has its own child seed (class index, recording index), so a recording does not
     # depend on the order of generation nor on how many recordings the other classes have.
     for class_seq, label in zip(root.spawn(len(CLASS_NAMES)), CLASS_NAMES, strict=True):
-        (folder / label).mkdir()
         for index, seq in enumerate(class_seq.spawn(params["recordings_per_class"])):
             data, metadata = simulate_recording(
                 label, np.random.default_rng(seq), params["n_samples"], params["sample_rate"]
             )
-            rel = f"{label}/{label}_{index:03d}.csv"
-            (folder / rel).write_bytes(_csv_bytes(data))
-            rows.append(_manifest_row(rel, label, params["sample_rate"], metadata))
+            yield label, f"{label}/{label}_{index:03d}.csv", data, metadata
+
+
+def _write_dataset(folder: Path, params: dict) -> int:
+    """Generate every recording into ``folder`` (which exists and is empty); marker last."""
+    if params.get("scenario") == "monitoring":
+        from damage_lightning.data.monitoring import monitoring_recordings
+
+        recordings = monitoring_recordings(params)
+    else:
+        recordings = _class_recordings(params)
+    rows = []
+    classes: list[str] = []
+    for label, rel, data, metadata in recordings:
+        if label not in classes:
+            classes.append(label)
+            (folder / label).mkdir()
+        (folder / rel).write_bytes(_csv_bytes(data))
+        rows.append(_manifest_row(rel, label, params["sample_rate"], metadata))
     columns = list(rows[0])
     lines = [",".join(columns)]
     lines += [",".join(_manifest_value(r[c]) for c in columns) for r in rows]
@@ -612,7 +651,7 @@ def _write_dataset(folder: Path, params: dict) -> int:
     marker = {
         "generator": "damage_lightning.data.synthetic",
         "parameters": params,
-        "classes": list(CLASS_NAMES),
+        "classes": classes,
         "channels": list(CHANNELS),
         "n_recordings": len(rows),
         "frame": {
@@ -667,6 +706,8 @@ def generate_dataset(
     n_samples: int = 8192,
     sample_rate: float = 1024.0,
     overwrite: bool = False,
+    scenario: Literal["classes", "monitoring"] = "classes",
+    healthy_recordings: int | None = None,
 ) -> Path:
     """Write the simulated dataset as folder-per-class CSV plus ``manifest.csv``.
 
@@ -684,6 +725,10 @@ def generate_dataset(
         sample_rate: samples per second.
         overwrite: replace a dataset generated with other parameters. A folder that holds anything
             else is never deleted.
+        scenario: ``classes`` (the five classes above) or ``monitoring``
+            (``data/monitoring.py``: ``healthy_recordings`` healthy recordings, default
+            ``monitoring.HEALTHY_RECORDINGS``, and ``recordings_per_class`` of each damage class).
+        healthy_recordings: healthy recordings of the ``monitoring`` scenario.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`. An existing complete dataset with the same
@@ -700,7 +745,11 @@ def generate_dataset(
     if n_samples < 2:
         raise ValueError(f"n_samples must be at least 2, got {n_samples}")
     _check_sample_rate(nominal_frame(), sample_rate)
-    params = _parameters(seed, recordings_per_class, n_samples, sample_rate)
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; expected one of {', '.join(SCENARIOS)}")
+    params = _parameters(
+        seed, recordings_per_class, n_samples, sample_rate, scenario, healthy_recordings
+    )
 
     state = _existing_state(out_dir, params)
     if state == "same":
@@ -741,7 +790,11 @@ def generate_dataset(
         raise
 
 
-def default_dataset_dir(cache_dir: str | Path | None = None, seed: int = 0) -> Path:
+def default_dataset_dir(
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    scenario: Literal["classes", "monitoring"] = "classes",
+) -> Path:
     """The default dataset, generated once into the cache and reused afterwards.
 
     Safe when several processes call it at once: each generates into its own temporary folder and
@@ -750,12 +803,21 @@ def default_dataset_dir(cache_dir: str | Path | None = None, seed: int = 0) -> P
     Args:
         cache_dir: the cache root; defaults to :func:`default_cache_dir`.
         seed: the dataset seed.
+        scenario: ``classes`` or ``monitoring`` (see :func:`generate_dataset`).
 
     Returns:
-        ``<cache>/synthetic/shear_frame_v2_seed<seed>``.
+        ``<cache>/synthetic/shear_frame_v2_seed<seed>`` (``monitoring``:
+        ``<cache>/synthetic/<monitoring version>_seed<seed>``).
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return generate_dataset(root / "synthetic" / f"{DATASET_VERSION}_seed{int(seed)}", seed=seed)
+    name = DATASET_VERSION
+    if scenario == "monitoring":
+        from damage_lightning.data.monitoring import MONITORING_VERSION
+
+        name = MONITORING_VERSION
+    return generate_dataset(
+        root / "synthetic" / f"{name}_seed{int(seed)}", seed=seed, scenario=scenario
+    )
 
 
 def main_synth(argv: list[str] | None = None) -> int:
@@ -780,6 +842,20 @@ def main_synth(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=8192, help="samples per recording")
     parser.add_argument("--sample-rate", type=float, default=1024.0, help="samples per second")
     parser.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="classes",
+        help="classes: five classes for a classifier; monitoring: many healthy recordings and "
+        "graded damage for a novelty detector (configs/novelty.yaml)",
+    )
+    parser.add_argument(
+        "--healthy-recordings",
+        type=int,
+        default=None,
+        help="monitoring: healthy recordings (default 340); --recordings-per-class then counts "
+        "each damage class",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace a dataset made with other parameters"
     )
     try:
@@ -787,7 +863,14 @@ def main_synth(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help or a usage error: argparse has printed the message
         return int(exc.code or 0)
     out = args.out.expanduser().absolute()
-    params = _parameters(args.seed, args.recordings_per_class, args.samples, args.sample_rate)
+    params = _parameters(
+        args.seed,
+        args.recordings_per_class,
+        args.samples,
+        args.sample_rate,
+        args.scenario,
+        args.healthy_recordings,
+    )
     reused = _existing_state(out, params) == "same"
     start = time.perf_counter()
     try:
@@ -798,6 +881,8 @@ def main_synth(argv: list[str] | None = None) -> int:
             n_samples=args.samples,
             sample_rate=args.sample_rate,
             overwrite=args.overwrite,
+            scenario=args.scenario,
+            healthy_recordings=args.healthy_recordings,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -806,12 +891,13 @@ def main_synth(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - start
-    total = len(CLASS_NAMES) * args.recordings_per_class
+    marker = _read_marker(path) or {}
+    total, classes = marker.get("n_recordings", 0), marker.get("classes", [])
     if reused:
         print(f"Dataset already complete with these parameters, left untouched: {path}")
     else:
         print(
-            f"Wrote {total} recordings ({len(CLASS_NAMES)} classes x {args.recordings_per_class}, "
+            f"Wrote {total} recordings ({len(classes)} classes: {', '.join(classes)}; "
             f"{args.samples} samples at {args.sample_rate:g} Hz) to {path} in {elapsed:.1f} s"
         )
     print(f"Manifest: {path / MANIFEST_FILE}")
