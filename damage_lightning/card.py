@@ -273,6 +273,79 @@ class ModelCard(JsonRecord):
     trainer: TrainerSummary | None = None
     versions: dict[str, str | None]
     report: ReportEntry | None = None
+    novelty: NoveltyCard | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# ``novelty``: a novelty detector's threshold, calibration and test (tasks/novelty.py).
+
+
+@dataclass(kw_only=True)
+class ThresholdRecord(JsonRecord):
+    """A conformal threshold: the ``rank``-th smallest of ``n`` healthy calibration scores.
+
+    A new healthy score exceeds it with probability ``bound = (n + 1 - rank) / (n + 1)`` when
+    calibration and new scores are exchangeable; ``met`` says whether that is at most the
+    requested ``false_alarm_rate`` (too few calibration scores cannot reach a small rate).
+    """
+
+    threshold: float
+    false_alarm_rate: float
+    n: int
+    rank: int
+    bound: float
+    met: bool
+
+
+@dataclass(kw_only=True)
+class DetectionLevel(JsonRecord):
+    """Test results at one level (windows or recordings) at the calibrated threshold.
+
+    ``detection`` and ``roc_auc_per_class`` map each damage class to the share of its windows
+    (recordings) that alarm and to the AUC of healthy against that class; ``counts`` holds the
+    number of windows (recordings) per class, the healthy class included.
+    """
+
+    healthy: int
+    false_alarms: int
+    false_alarm_rate: float | None
+    detection: dict[str, float | None]
+    counts: dict[str, int]
+    roc_auc: float | None
+    roc_auc_per_class: dict[str, float | None]
+
+
+@dataclass(kw_only=True)
+class DetectorResults(JsonRecord):
+    """One detector's thresholds and test results (the novelty detector, or the reference)."""
+
+    name: str
+    window_threshold: ThresholdRecord
+    recording_threshold: ThresholdRecord
+    window: DetectionLevel
+    recording: DetectionLevel
+
+
+@dataclass(kw_only=True)
+class NoveltyCard(JsonRecord):
+    """``novelty``: how a novelty detector decides, what it was calibrated on, how it tested.
+
+    ``calibration_unit`` is ``recording`` (whole held-out healthy recordings or groups) or
+    ``block`` (held-out blocks of recordings, when there were fewer than three);
+    ``reference`` is the classical baseline evaluated beside the detector, when it ran.
+    """
+
+    healthy_label: str
+    detector: str
+    decision_rule: str
+    recording_quantile: float
+    calibration_unit: str
+    calibration_recordings: int
+    calibration_windows: int
+    window_threshold: ThresholdRecord
+    recording_threshold: ThresholdRecord
+    test: DetectorResults | None = None
+    reference: DetectorResults | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -449,6 +522,8 @@ __all__ = [
     "ClassMetrics",
     "ClassSplitCounts",
     "DataSummary",
+    "DetectionLevel",
+    "DetectorResults",
     "EarlyStoppingState",
     "EpochRecord",
     "EvaluationMetrics",
@@ -459,9 +534,11 @@ __all__ = [
     "LrReduction",
     "ModelCard",
     "ModelSummary",
+    "NoveltyCard",
     "ReportEntry",
     "SplitSummary",
     "SplitTotals",
+    "ThresholdRecord",
     "TrainerSummary",
     "TrainingHistory",
     "Verification",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from damage_lightning.deploy.novelty import is_novelty, predict_novelty
 from damage_lightning.deploy.session import OnnxModel
 from damage_lightning.errors import DataValidationError, Problem
 from damage_lightning.io.dataset import load_recording
@@ -132,6 +133,9 @@ def predict(
 ) -> Predictions:
     """Predict every recording under ``data`` (a file or a folder) with an exported model.
 
+    A classifier gives class probabilities; a novelty detector (metadata ``task: novelty``)
+    gives scores and alarms (``damage_lightning.deploy.novelty``).
+
     Args:
         model: the ``.onnx`` file or an :class:`OnnxModel`.
         data: a recording, or a folder (see ``io.discovery.find_recordings``).
@@ -161,6 +165,8 @@ def predict(
             loaded.append((spec, rec.data))
     if problems:
         raise DataValidationError(problems)
+    if is_novelty(meta):
+        return predict_novelty(model, loaded, hop, batch_size, keep_windows)
     rows, window_parts = [], []
     for spec, waveform in loaded:
         agg, batches = score_recording(model, waveform, hop, batch_size, keep_windows)

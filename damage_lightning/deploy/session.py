@@ -37,7 +37,7 @@ class OnnxModel:
 
         Raises:
             DataValidationError: the file does not load, lacks damage_lightning metadata, or has
-                no ``probabilities`` output.
+                neither a ``probabilities`` nor a ``score`` output.
         """
         import onnxruntime as ort
 
@@ -53,9 +53,12 @@ class OnnxModel:
         props = dict(session.get_modelmeta().custom_metadata_map)
         metadata = ModelMetadata.from_props(props, str(path))
         outputs = [o.name for o in session.get_outputs()]
-        if "probabilities" not in outputs:
+        # A classifier gives probabilities, a novelty detector scores (deploy.novelty).
+        if "probabilities" not in outputs and "score" not in outputs:
             raise DataValidationError(
-                Problem(str(path), "", f"the model has no 'probabilities' output ({outputs})")
+                Problem(
+                    str(path), "", f"the model has no 'probabilities' or 'score' output ({outputs})"
+                )
             )
         return cls(path, session, metadata, session.get_inputs()[0].name, outputs)
 

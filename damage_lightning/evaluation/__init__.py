@@ -1,0 +1,1 @@
+"""Evaluation that needs no torch: conformal thresholds, detection rates, the novelty reference."""
