@@ -86,9 +86,9 @@ class RunArtifacts(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Note the epoch's start time and learning rate."""
         self._epoch_start = time.perf_counter()
-        self._epoch_lr = (
-            float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
-        )
+        # A task without weights (the novelty task's spectrum backbone) has no optimiser groups.
+        groups = trainer.optimizers[0].param_groups if trainer.optimizers else []
+        self._epoch_lr = float(groups[0]["lr"]) if groups else None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Record the epoch (validation has run by now) and rewrite the history file."""

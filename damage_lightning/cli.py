@@ -39,6 +39,7 @@ from damage_lightning.errors import (
 )
 from damage_lightning.report.options import MODEL_ENV, ReportOptions
 from damage_lightning.run import finalize_run, write_predictions
+from damage_lightning.task_check import check_task_fits_data
 from damage_lightning.tasks.base import BaseTask, TrainingDivergedError
 
 RUN_NAME_ENV = "DAMAGE_LIGHTNING_RUN_NAME"
@@ -81,7 +82,7 @@ class DamageTrainer(Trainer):
         )
         check_writable(out_dir)
         deployable, spec = deployable_from_checkpoint(ckpt_path)
-        result = export_all(deployable, out_dir, spec.metadata())
+        result = export_all(deployable, out_dir, spec.metadata(**deployable.metadata_extra))
         for kind, entry in result.items():
             print(f"{kind}: {entry['path']}")
         return result
@@ -94,7 +95,7 @@ def _is_rank_zero() -> bool:
 
 def _short_model_name(class_path: str) -> str:
     name = class_path.rsplit(".", 1)[-1]
-    name = re.sub(r"(Classifier|Model)$", "", name) or name
+    name = re.sub(r"(Classifier|Model|Task)$", "", name) or name
     return name.lower()
 
 
@@ -227,8 +228,10 @@ class DamageCLI(LightningCLI):
 
     # ------------------------------------------------------------------ run folder
     def before_instantiate_classes(self) -> None:
-        """Decide the run folder before anything is built, and check it can be written."""
+        """Check the task fits the data, decide the run folder, check it can be written."""
         cfg = self.config[self.subcommand]
+        if self.subcommand in ("fit", "validate", "test"):
+            check_task_fits_data(cfg)
         root = Path(cfg.trainer.default_root_dir or DEFAULT_ROOT).expanduser()
         ckpt = cfg.get("ckpt_path")
         run_dir: Path | None = None
@@ -343,7 +346,7 @@ class DamageCLI(LightningCLI):
             return
         out = self.config["predict"].output
         out_dir = Path(out) if out else (self.run_dir or Path.cwd())
-        paths = write_predictions(outputs, self.datamodule, out_dir)
+        paths = write_predictions(outputs, self.datamodule, out_dir, model=self.model)
         for p in paths:
             print(f"predictions: {p}")
 
@@ -357,7 +360,7 @@ def _data_command(argv: list[str]) -> int:
     if argv[:1] != ["synth"]:
         print(
             "usage: python -m damage_lightning data synth --out DIR [--seed N] "
-            "[--recordings-per-class N]",
+            "[--recordings-per-class N] [--scenario classes|monitoring]",
             file=sys.stderr,
         )
         return 2

@@ -71,13 +71,13 @@ def finalize_run(
     verification failures raise; a failing report is logged and never fails the run. ``report``
     holds the ``ReportOptions`` fields (the CLI's ``--report.*``).
     """
-    from damage_lightning.export import DeployableModel, ExportSpec, export_all
+    from damage_lightning.export import ExportSpec, export_all
 
     # The same record the checkpoint holds: exports after fit and `export` from the checkpoint
     # carry identical metadata.
     spec = ExportSpec.of(model, datamodule)
-    deployable = DeployableModel(datamodule.frontend, model.net)
-    exports = export_all(deployable, run_dir / "export", spec.metadata())
+    deployable = model.deployable(datamodule.frontend)
+    exports = export_all(deployable, run_dir / "export", spec.metadata(**deployable.metadata_extra))
     for entry in exports.values():
         entry["path"] = _relative(entry["path"], run_dir)
 
@@ -156,6 +156,10 @@ def finalize_run(
             "numpy": np.__version__,
         },
     )
+    novelty = getattr(model, "novelty_results", None)
+    if novelty is not None:
+        card.novelty = novelty
+        _write_novelty_scores(model, datamodule, run_dir)
     card.write(run_dir / MODEL_CARD_FILE)
 
     pdf = None
@@ -179,11 +183,16 @@ def finalize_run(
             log.exception("the report could not be written")
             print(f"warning: the report could not be written: {exc}", file=sys.stderr)
 
-    tm = card.test_metrics
-    accuracy = tm.accuracy if tm and tm.accuracy is not None else float("nan")
-    f1_macro = tm.f1_macro if tm and tm.f1_macro is not None else float("nan")
     print()
-    print(f"test accuracy: {accuracy:.4f}  macro F1: {f1_macro:.4f}")
+    if card.novelty is not None and card.novelty.test is not None:
+        from damage_lightning.evaluation.detection import summary_line
+
+        print(summary_line(card.novelty))
+    else:
+        tm = card.test_metrics
+        accuracy = tm.accuracy if tm and tm.accuracy is not None else float("nan")
+        f1_macro = tm.f1_macro if tm and tm.f1_macro is not None else float("nan")
+        print(f"test accuracy: {accuracy:.4f}  macro F1: {f1_macro:.4f}")
     print(
         f"checkpoint: {run_dir / card.best_checkpoint}"
         if card.best_checkpoint
@@ -198,6 +207,16 @@ def finalize_run(
     return card
 
 
+def _write_novelty_scores(model: Any, datamodule: Any, run_dir: Path) -> None:
+    from damage_lightning.evaluation.scores_file import SCORES_FILE, scores_frame, write_scores
+
+    if model.test_scores:
+        names = [r.relpath for r in datamodule.dataset.recordings]
+        threshold = float(model.net.threshold)
+        frame = scores_frame(model.test_scores, names, model.class_names, threshold)
+        write_scores(run_dir / SCORES_FILE, frame)
+
+
 def _version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -208,18 +227,24 @@ def _version(name: str) -> str | None:
 
 
 def write_predictions(
-    outputs: list[dict[str, torch.Tensor]], datamodule: Any, out_dir: Path
+    outputs: list[dict[str, torch.Tensor]], datamodule: Any, out_dir: Path, model: Any = None
 ) -> list[Path]:
     """Write ``predictions.csv`` (per window) and ``recording_predictions.csv`` (per recording).
 
     The per-recording decision and table are the gateway's (``damage_lightning.deploy``), so
-    ``predict`` and ``python -m damage_lightning.deploy`` agree row for row.
+    ``predict`` and ``python -m damage_lightning.deploy`` agree row for row. A novelty detector's
+    outputs (``score``, ``alarm``) give scores and alarms instead of class probabilities.
 
     Args:
         outputs: what ``predict_step`` returned per batch.
         datamodule: the DamageDataModule that produced the batches.
         out_dir: folder for the two CSV files.
+        model: the task that predicted (its decision rule is needed for novelty outputs).
     """
+    if outputs and "score" in outputs[0]:
+        from damage_lightning.evaluation.scores_file import write_novelty_predictions
+
+        return write_novelty_predictions(outputs, datamodule.predict_recordings(), model, out_dir)
     from damage_lightning.deploy.predict import (
         RECORDING_COLUMNS,
         aggregate_windows,

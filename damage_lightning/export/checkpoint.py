@@ -131,7 +131,8 @@ def deployable_from_checkpoint(
         ckpt_path: a checkpoint written by a damage_lightning run.
 
     Returns:
-        ``(deployable, spec)``; ``spec.metadata()`` is what its exports carry.
+        ``(deployable, spec)``; ``spec.metadata(**deployable.metadata_extra)`` is what its
+        exports carry.
     """
     model, frontend, spec = load_from_checkpoint(ckpt_path, map_location="cpu")
-    return DeployableModel(frontend, model.net).eval(), spec
+    return model.deployable(frontend).eval(), spec

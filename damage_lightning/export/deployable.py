@@ -6,6 +6,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -27,11 +28,15 @@ class DeployableModel(nn.Module):
     """
 
     output_names = OUTPUT_NAMES
+    # Plain Python data for the export metadata, not part of the scripted graph.
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["metadata_extra"]
 
     def __init__(self, frontend: nn.Module, net: nn.Module):
         super().__init__()
         self.frontend = frontend
         self.net = net
+        #: Entries a task adds to the export metadata (``ExportSpec.metadata(**extra)``).
+        self.metadata_extra: dict[str, Any] = {}
 
     def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor]:
         """Classify waveform windows.

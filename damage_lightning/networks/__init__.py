@@ -16,6 +16,7 @@ from torch import nn
 
 from damage_lightning.networks.cnn import CNNBackbone
 from damage_lightning.networks.resnet import ResNetBackbone
+from damage_lightning.networks.spectrum import SpectrumBackbone
 
 BackboneFactory = Callable[..., nn.Module]
 
@@ -87,11 +88,13 @@ def build_backbone(
 
 register_backbone("cnn", CNNBackbone)
 register_backbone("resnet", ResNetBackbone)
+register_backbone("spectrum", SpectrumBackbone)
 
 __all__ = [
     "BackboneFactory",
     "CNNBackbone",
     "ResNetBackbone",
+    "SpectrumBackbone",
     "backbone_names",
     "build_backbone",
     "register_backbone",

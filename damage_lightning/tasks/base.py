@@ -58,6 +58,8 @@ class BaseTask(LightningModule, ABC):
     mode: ClassVar[Literal["min", "max"]] = "min"
     #: ``__init__`` arguments left out of the saved hyperparameters (derived or fixed ones).
     ignore: ClassVar[Sequence[str]] = ()
+    #: Whether the task trains on one (healthy) class; the CLI refuses one-class data otherwise.
+    healthy_only: ClassVar[bool] = False
 
     #: The plain network mapping spectrograms to the task's outputs; set by configure_models.
     net: nn.Module
@@ -177,6 +179,16 @@ class BaseTask(LightningModule, ABC):
                 "frequency": 1,
             },
         }
+
+    def deployable(self, frontend: nn.Module) -> nn.Module:
+        """The module that export writes: ``frontend`` and this task's network, waveform in.
+
+        Args:
+            frontend: the spectrogram front end the network was trained behind.
+        """
+        from damage_lightning.export.deployable import DeployableModel
+
+        return DeployableModel(frontend, self.net)
 
     # --------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
