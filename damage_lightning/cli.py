@@ -216,6 +216,13 @@ class DamageCLI(LightningCLI):
             parser.link_arguments(f"data.{attr}", f"model.init_args.{attr}", apply_on="instantiate")
         parser.set_defaults({"trainer.default_root_dir": DEFAULT_ROOT})
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check the task fits the data's classes (before the seed or any model)."""
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        if sub in ("fit", "validate", "test"):
+            check_task_fits_data(self.config[sub])
+
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the hyperparameters of a --ckpt_path file here (torch.load with
         # weights_only=True); checking first turns an unsafe or damaged file into one line that
@@ -228,10 +235,8 @@ class DamageCLI(LightningCLI):
 
     # ------------------------------------------------------------------ run folder
     def before_instantiate_classes(self) -> None:
-        """Check the task fits the data, decide the run folder, check it can be written."""
+        """Decide the run folder before anything is built, and check it can be written."""
         cfg = self.config[self.subcommand]
-        if self.subcommand in ("fit", "validate", "test"):
-            check_task_fits_data(cfg)
         root = Path(cfg.trainer.default_root_dir or DEFAULT_ROOT).expanduser()
         ckpt = cfg.get("ckpt_path")
         run_dir: Path | None = None

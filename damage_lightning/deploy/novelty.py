@@ -165,9 +165,12 @@ def recording_row(path: str, label: str | None, decision: RecordingDecision) -> 
 
 
 def window_frame(
-    recording: Sequence[str], label: Sequence[str], start: np.ndarray, score: np.ndarray,
+    recording: Sequence[str],
+    label: Sequence[str],
+    start: np.ndarray,
+    score: np.ndarray,
     alarm: np.ndarray,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """The per-window table (:data:`WINDOW_COLUMNS`)."""
     return pd.DataFrame(
         {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NAME = "reference: PCA + Mahalanobis on log band energies"
+NAME = "PCA + Mahalanobis on log band energies"
 
 
 class BandEnergyReference:

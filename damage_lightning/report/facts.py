@@ -251,6 +251,8 @@ def summarise_run(record: RunRecord) -> dict[str, Any]:
         card.splits.strategy if card else record.splits.strategy if record.splits else None
     )
     facts["data_warnings"] = len(card.data.warnings) if card else 0
+    # A novelty detector's thresholds and test (report/novelty_analysis.py writes from them).
+    facts["novelty"] = card.novelty.to_json() if card and card.novelty else None
     return facts
 
 

@@ -28,7 +28,16 @@ MAX_FIG_HEIGHT_IN = 8.6
 CURVES_NAME = "training_curves.png"
 CM_COUNTS_NAME = "confusion_matrix.png"
 CM_NORMALISED_NAME = "confusion_matrix_normalised.png"
-FIGURE_NAMES = (CURVES_NAME, CM_COUNTS_NAME, CM_NORMALISED_NAME)
+# Drawn by report/novelty_figures.py for novelty detectors.
+NOVELTY_HISTOGRAM_NAME = "novelty_score_histograms.png"
+NOVELTY_TIMELINE_NAME = "novelty_scores_over_time.png"
+FIGURE_NAMES = (
+    CURVES_NAME,
+    CM_COUNTS_NAME,
+    CM_NORMALISED_NAME,
+    NOVELTY_HISTOGRAM_NAME,
+    NOVELTY_TIMELINE_NAME,
+)
 # Above this many classes the per-cell numbers would be smaller than SMALL_PT; colours remain.
 MAX_ANNOTATED_CLASSES = 14
 
@@ -296,4 +305,7 @@ def make_figures(record: RunRecord, out_dir: Path) -> list[FigureFile]:
                     matrix, names, out_dir / CM_NORMALISED_NAME, normalised=True
                 )
             )
+        from damage_lightning.report.novelty_figures import novelty_figures
+
+        figures += novelty_figures(record, out_dir)
     return figures

@@ -18,6 +18,10 @@ def _f(value: Any) -> str:
 
 def offline_sections(facts: dict[str, Any]) -> dict[str, str]:
     """Write the three sections from the numbers alone (no network)."""
+    if facts.get("novelty"):
+        from damage_lightning.report.novelty_analysis import novelty_sections
+
+        return novelty_sections(facts, _offline_dynamics(facts))
     return {
         "Executive summary": _offline_summary(facts),
         "Training dynamics": _offline_dynamics(facts),

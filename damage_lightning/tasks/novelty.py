@@ -81,8 +81,10 @@ class NoveltyTask(BaseTask):
         class_names: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        for name, rate in (("false_alarm_rate", false_alarm_rate),
-                           ("recording_false_alarm_rate", recording_false_alarm_rate)):  # fmt: skip
+        for name, rate in (
+            ("false_alarm_rate", false_alarm_rate),
+            ("recording_false_alarm_rate", recording_false_alarm_rate),
+        ):
             if rate is not None and not 0.0 < rate < 1.0:
                 raise ValueError(f"{name} must lie in (0, 1), got {rate}")
         if not 0.0 <= recording_quantile <= 1.0:
@@ -161,8 +163,15 @@ class NoveltyTask(BaseTask):
             return None
         loss = self._reconstruction_loss(x)
         self.check_finite(loss, batch_idx)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=x.shape[0], sync_dist=True)  # fmt: skip
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=x.shape[0],
+            sync_dist=True,
+        )
         return loss
 
     def _reconstruction_loss(self, x: Tensor) -> Tensor:
@@ -343,9 +352,11 @@ class NoveltyTask(BaseTask):
 
         hp = self.hparams
         window, recording = calibrate(
-            scored("val"), hp.false_alarm_rate, self.recording_false_alarm_rate,
+            scored("val"),
+            hp.false_alarm_rate,
+            self.recording_false_alarm_rate,
             hp.recording_quantile,
-        )  # fmt: skip
+        )
         test = scored("test")
         name = f"{ref.name} ({ref.n_bands} bands, {ref.n_components} components)"
         results = evaluate(name, test, window, recording, hp.recording_quantile, self.class_names)
@@ -433,9 +444,13 @@ def _record(threshold: float, rate: float, n: int, rank: int) -> ThresholdRecord
     # The same record conformal_threshold made at calibration, rebuilt from the buffers.
     bound = (n + 1 - rank) / (n + 1)
     return ThresholdRecord(
-        threshold=threshold, false_alarm_rate=float(rate), n=n, rank=rank, bound=bound,
+        threshold=threshold,
+        false_alarm_rate=float(rate),
+        n=n,
+        rank=rank,
+        bound=bound,
         met=bound <= rate + 1e-12,
-    )  # fmt: skip
+    )
 
 
 def _starts(batch: Any) -> tuple[Tensor, ...]:

@@ -108,7 +108,11 @@ def title_page(record: RunRecord, analysis: Analysis, st: Styles) -> list[Any]:
     story.append(Paragraph(esc(record.run_name, 120), st.subtitle))
     story += [kv_table(_run_rows(record, facts), st, 0.22), Spacer(1, 0.7 * cm)]
     test = facts.get("test")
-    if test:
+    if record.card and record.card.novelty:
+        from damage_lightning.report.sections.novelty import headline
+
+        story.append(headline(record.card.novelty, st))
+    elif test:
         story.append(_headline(test, st))
     else:
         story.append(
