@@ -330,8 +330,9 @@ class DetectorResults(JsonRecord):
 class NoveltyCard(JsonRecord):
     """``novelty``: how a novelty detector decides, what it was calibrated on, how it tested.
 
-    ``calibration_unit`` is ``recording`` (whole held-out healthy recordings or groups) or
-    ``block`` (held-out blocks of recordings, when there were fewer than three);
+    ``calibration_unit`` is ``recording`` (whole held-out healthy recordings or groups),
+    ``block`` (held-out blocks of recordings, when there were fewer than three) or
+    ``cross_group`` (training recordings scored by a Gaussian fitted without their group);
     ``reference`` is the classical baseline evaluated beside the detector, when it ran.
     """
 

@@ -11,6 +11,7 @@ command line that runs them. Figures and their meaning: ``docs/benchmarks.md``.
     python scripts/benchmark.py --device cuda --output gpu.jsonl  # GPU, under 6 minutes
     python scripts/benchmark.py --device cpu --size tiny          # every code path, in seconds
     python scripts/benchmark.py --only ingest_in_process --ingest-repeats 3  # CWRU, one process
+    python scripts/benchmark.py --only novelty --output novelty.jsonl  # issue 11, ~10 min CPU
 
 The Keras comparison runs in a subprocess of ``--keras-python`` (an interpreter with
 ``tensorflow``; default: this one when it can import tensorflow), so torch and TensorFlow never
@@ -53,6 +54,7 @@ from benchmarks.dataset import N_RECORDINGS, generate_dataset, recording_rows
 from benchmarks.e2e import bench_e2e
 from benchmarks.frontend import bench_frontend
 from benchmarks.inference import bench_inference
+from benchmarks.novelty import bench_novelty
 from benchmarks.training import (
     TrainSetup,
     bench_train,
@@ -64,7 +66,7 @@ from benchmarks.vs_keras import bench_keras, keras_worker
 
 SECTIONS = ("ingest", "frontend", "train", "keras", "inference", "e2e")
 # Sections that run only when ``--only`` names them.
-OPTIONAL_SECTIONS = ("ingest_in_process",)
+OPTIONAL_SECTIONS = ("ingest_in_process", "novelty")
 
 
 def _environment(args: argparse.Namespace, size: Size, device: Any) -> dict[str, Any]:
@@ -183,7 +185,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         default=",".join(SECTIONS),
         help=f"comma list of sections to run: {','.join(SECTIONS)} (the default), and "
-        f"{','.join(OPTIONAL_SECTIONS)} (repeated loads in one process)",
+        f"{','.join(OPTIONAL_SECTIONS)} (repeated loads in one process; novelty detection on "
+        "the monitoring scenario, CWRU and UESTC)",
     )
     # Internal: an ingest measurement in a fresh process, and the Keras worker.
     parser.add_argument("--ingest-child", default=None, help=argparse.SUPPRESS)
@@ -320,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[benchmark] dataset {data_dir} ready in {time.perf_counter() - t0:.1f} s",
                       file=sys.stderr)  # fmt: skip
         _run_ingest(rec, args, only, size, workdir, data_dir, dm_cache, errors)
+        if "novelty" in only and not out_of_time("novelty"):
+            with _section(rec, "novelty", errors):
+                bench_novelty(rec, workdir, size)
         if "frontend" in only and not out_of_time("frontend_windows_per_s"):
             with _section(rec, "frontend", errors):
                 bench_frontend(rec, device, size)

@@ -465,8 +465,8 @@ class DamageDataModule(pl.LightningDataModule):
         return loader
 
     def train_dataloader(self) -> WindowBatchLoader:
-        """Shuffled training windows."""
-        return self._loader("train", shuffle=True)
+        """Shuffled training windows (for novelty detection with recording and start)."""
+        return self._loader("train", shuffle=True, with_positions=self.novelty)
 
     def val_dataloader(self) -> WindowBatchLoader:
         """Validation windows, in order (for novelty detection with recording and start)."""
@@ -635,6 +635,11 @@ class DamageDataModule(pl.LightningDataModule):
             "windows": {s: len(self.indices[s]) for s in SPLITS},
             "warnings": [str(w) for w in self.dataset.warnings],
         }
+
+    def group_keys(self) -> list[str]:
+        """The group of every recording (its path when the data name no group), by index."""
+        assert self.dataset is not None
+        return [r.group or f"recording:{r.relpath}" for r in self.dataset.recordings]
 
     def splits_json(self) -> dict[str, Any]:
         """The split assignment as written to ``splits.json``."""

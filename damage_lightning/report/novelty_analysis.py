@@ -12,6 +12,10 @@ from damage_lightning.card import NoveltyCard
 from damage_lightning.evaluation.conformal import scores_needed
 from damage_lightning.report.text import format_number, format_percent
 
+_UNITS = {
+    "block": "held-out blocks of healthy recordings",
+    "cross_group": "healthy training recordings scored without their fold of groups",
+}
 #: Recording-level detection below this is named as a weakness.
 WEAK_DETECTION = 0.95
 
@@ -34,8 +38,8 @@ def novelty_sections(facts: dict[str, Any], dynamics: str) -> dict[str, str]:
     summary = [
         f"{facts.get('model_name') or 'The model'} is a novelty detector trained on "
         f"'{card.healthy_label}' recordings only; it scores each window by {card.detector}.",
-        f"The thresholds were calibrated on {card.calibration_recordings} held-out healthy "
-        f"{'blocks' if card.calibration_unit == 'block' else 'recordings'} "
+        f"The thresholds were calibrated on {card.calibration_recordings} "
+        f"{_UNITS.get(card.calibration_unit, 'held-out healthy recordings')} "
         f"({card.calibration_windows} windows): window threshold {format_number(w.threshold)} "
         f"(false-alarm bound {format_percent(w.bound)} for a budget of "
         f"{format_percent(w.false_alarm_rate)}), recording threshold "

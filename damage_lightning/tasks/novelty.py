@@ -13,7 +13,7 @@ damage class, beside the classical reference (PCA + Mahalanobis on log band ener
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,11 +27,12 @@ from damage_lightning.evaluation.reference import BandEnergyReference
 from damage_lightning.networks import build_backbone
 from damage_lightning.networks.spectrum import SpectrumBackbone
 from damage_lightning.tasks.base import BaseTask
+from damage_lightning.tasks.novelty_calibration import cross_group_scores
 from damage_lightning.tasks.novelty_net import AutoencoderFeatures, NoveltyDetector, NoveltyNet
 
 # The Gaussian of a weightless embedding needs one pass over the training windows and no
 # optimiser; Lightning says so at every fit, which tells the user nothing.
-warnings.filterwarnings("ignore", message=r".*`configure_optimizers` returned `None`")
+warnings.filterwarnings("ignore", message=r".*configure_optimizers` returned `None`")
 #: At most this many training windows (the first of the shuffled epoch) fit the Gaussian.
 MAX_FIT_WINDOWS = 50_000
 
@@ -60,6 +61,12 @@ class NoveltyTask(BaseTask):
             the median).
         reference: also evaluate the classical reference at the same false-alarm rates in the
             test (needs a ``DamageDataModule``).
+        calibration: ``holdout`` scores the validation split (healthy recordings, groups or
+            blocks held out from training: split conformal); ``cross_group`` scores each group
+            of the training recordings with a Gaussian fitted without it (cross-conformal over
+            ``calibration_folds`` folds, ``tasks/novelty_calibration.py``), for conditions that
+            change from group to group, such as speeds.
+        calibration_folds: folds of groups for ``cross_group``.
         num_classes: number of labels in the data (linked from the DataModule; only the first,
             healthy, one is trained on).
         class_names: the labels, healthy first (linked from the DataModule).
@@ -77,6 +84,8 @@ class NoveltyTask(BaseTask):
         recording_false_alarm_rate: float | None = None,
         recording_quantile: float = 0.5,
         reference: bool = True,
+        calibration: Literal["holdout", "cross_group"] = "holdout",
+        calibration_folds: int = 10,
         num_classes: int = 1,
         class_names: list[str] | None = None,
         **kwargs: Any,
@@ -89,6 +98,8 @@ class NoveltyTask(BaseTask):
                 raise ValueError(f"{name} must lie in (0, 1), got {rate}")
         if not 0.0 <= recording_quantile <= 1.0:
             raise ValueError(f"recording_quantile must lie in [0, 1], got {recording_quantile}")
+        if calibration_folds < 2:
+            raise ValueError(f"calibration_folds must be at least 2, got {calibration_folds}")
         if bottleneck < 1:
             raise ValueError(f"bottleneck must be at least 1, got {bottleneck}")
         if class_names is not None and len(class_names) != num_classes:
@@ -97,7 +108,8 @@ class NoveltyTask(BaseTask):
         self.backbone_args = dict(backbone_args or {})
         super().__init__(**kwargs)
         self.automatic_optimization = self.trainable
-        self._fit_features: list[Tensor] = []
+        self._fit_features: list[tuple[Tensor, Tensor]] = []
+        self._cross_scores: tuple[np.ndarray, np.ndarray] | None = None
         self._outputs: list[tuple[Tensor, ...]] = []
         self._losses: list[Tensor] = []
         #: The test's thresholds and results (``model_info.json``'s ``novelty``), after ``test``.
@@ -155,8 +167,9 @@ class NoveltyTask(BaseTask):
         """
         x = batch[0]
         if not self.trainable:
-            if sum(len(f) for f in self._fit_features) < MAX_FIT_WINDOWS:
-                self._fit_features.append(self.net.features(x).detach().double().cpu())
+            if sum(len(f) for f, _ in self._fit_features) < MAX_FIT_WINDOWS:
+                features = self.net.features(x).detach().double().cpu()
+                self._fit_features.append((features, _recordings(batch)))
             # Lightning counts training steps by optimiser steps, and checkpoints are saved only
             # after a step: the stand-in optimiser it gives a task without weights is stepped.
             self.optimizers().step()
@@ -187,23 +200,28 @@ class NoveltyTask(BaseTask):
         """Fit the Gaussian to the training windows' embeddings with the current weights."""
         if self.trainer.sanity_checking:
             return
-        if self._fit_features:
-            features = torch.cat(self._fit_features)
-            self._fit_features.clear()
-        else:
-            features = self._embed(self.trainer.train_dataloader)
+        parts = self._fit_features or self._embed(self.trainer.train_dataloader)
+        self._fit_features = []
+        features = torch.cat([f for f, _ in parts])
         self.net.score.fit(features)
+        if self.hparams.calibration == "cross_group":
+            recordings = torch.cat([r for _, r in parts]).numpy()
+            groups = _group_keys(getattr(self.trainer, "datamodule", None), recordings)
+            scores = cross_group_scores(
+                features, recordings, groups, self.hparams.calibration_folds, 0
+            )
+            self._cross_scores = (scores, recordings)
 
     @torch.no_grad()
-    def _embed(self, loader: Any) -> Tensor:
+    def _embed(self, loader: Any) -> list[tuple[Tensor, Tensor]]:
         parts, n = [], 0
         for batch in loader:
-            x = self.trainer.strategy.batch_to_device(batch, self.device)[0]
-            parts.append(self.net.features(x).double().cpu())
-            n += len(parts[-1])
+            batch = self.trainer.strategy.batch_to_device(batch, self.device)
+            parts.append((self.net.features(batch[0]).double().cpu(), _recordings(batch)))
+            n += len(parts[-1][0])
             if n >= MAX_FIT_WINDOWS:
                 break
-        return torch.cat(parts)
+        return parts
 
     def _collect(self, batch: Any) -> Tensor:
         if len(batch) < 3:
@@ -241,6 +259,9 @@ class NoveltyTask(BaseTask):
             return
         scores = torch.cat([o[0] for o in outputs]).double().numpy()
         recordings = torch.cat([o[2] for o in outputs]).numpy()
+        val_mean = float(scores.mean())
+        if self._cross_scores is not None:
+            scores, recordings = self._cross_scores
         cal = ScoredWindows(scores, np.zeros(len(scores), dtype=np.int64), recordings)
         hp = self.hparams
         window, recording = calibrate(
@@ -248,15 +269,16 @@ class NoveltyTask(BaseTask):
         )
         datamodule = getattr(self.trainer, "datamodule", None)
         block = getattr(getattr(datamodule, "plan", None), "strategy", "") == "block"
+        unit = 2.0 if self._cross_scores is not None else float(block)
         net = self.net
         net.threshold.fill_(window.threshold)
         net.recording_threshold.fill_(recording.threshold)
-        values = [window.n, window.rank, recording.n, recording.rank, float(block)]
+        values = [window.n, window.rank, recording.n, recording.rank, unit]
         net.calibration.copy_(torch.tensor(values, dtype=torch.float64))
         if losses:
             val_loss = torch.stack(losses).mean()
         else:
-            val_loss = torch.tensor(float(scores.mean()) / net.score.mean.numel())
+            val_loss = torch.tensor(val_mean / net.score.mean.numel())
         self.log("val_loss", val_loss.float(), prog_bar=True)
         self.log("val_threshold", float(window.threshold))
 
@@ -385,8 +407,12 @@ class NoveltyTask(BaseTask):
 
     @property
     def calibration_unit(self) -> str:
-        """``recording`` (held-out healthy recordings or groups) or ``block`` (of recordings)."""
-        return "block" if bool(self.net.calibration[4]) else "recording"
+        """How the thresholds were calibrated: ``recording``, ``block`` or ``cross_group``.
+
+        ``recording``: held-out healthy recordings or groups; ``block``: held-out blocks of
+        recordings; ``cross_group``: training recordings scored without their fold of groups.
+        """
+        return ("recording", "block", "cross_group")[int(self.net.calibration[4])]
 
     @property
     def detector_name(self) -> str:
@@ -451,6 +477,21 @@ def _record(threshold: float, rate: float, n: int, rank: int) -> ThresholdRecord
         bound=bound,
         met=bound <= rate + 1e-12,
     )
+
+
+def _recordings(batch: Any) -> Tensor:
+    # Training batches of novelty data carry their recordings; others count as one recording.
+    if len(batch) > 2:
+        return batch[2].detach().cpu()
+    return torch.zeros(len(batch[0]), dtype=torch.long)
+
+
+def _group_keys(datamodule: Any, recordings: np.ndarray) -> list[str]:
+    """The group of every recording index (its own index when the data name no groups)."""
+    keys = getattr(datamodule, "group_keys", None)
+    if callable(keys):
+        return keys()
+    return [str(i) for i in range(int(recordings.max()) + 1)]
 
 
 def _starts(batch: Any) -> tuple[Tensor, ...]:

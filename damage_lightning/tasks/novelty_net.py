@@ -78,7 +78,7 @@ class GaussianScore(nn.Module):
         Args:
             features: ``(B, d)``.
         """
-        white = (features.float() - self.mean) @ self.whitening.T
+        white = (features.to(self.mean.dtype) - self.mean) @ self.whitening.T
         return (white * white).sum(dim=-1)
 
     @torch.no_grad()

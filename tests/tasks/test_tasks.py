@@ -75,7 +75,9 @@ def test_networks_import_without_lightning() -> None:
 def test_registry_names_the_backbones_and_refuses_unknown_ones() -> None:
     # "spectrum" (no weights) is the novelty task's embedding; tests/tasks/test_novelty.py.
     assert set(backbone_names()) == {*TINY, "spectrum"}
-    with pytest.raises(ValueError, match=r"unknown backbone 'vgg'; registered: cnn, resnet, spectrum"):
+    with pytest.raises(
+        ValueError, match=r"unknown backbone 'vgg'; registered: cnn, resnet, spectrum"
+    ):
         build_backbone("vgg", in_channels=1)
     with pytest.raises(ValueError, match=r"backbone 'cnn' takes the arguments .*'widths'"):
         build_backbone("cnn", in_channels=1, widthz=[4])

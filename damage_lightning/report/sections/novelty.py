@@ -84,11 +84,13 @@ def _threshold_text(t: ThresholdRecord) -> str:
 
 def calibration(novelty: NoveltyCard, st: Styles) -> list[Any]:
     """How the thresholds were set and the false-alarm bound they give."""
-    unit = (
-        "held-out blocks of healthy recordings (fewer than three recordings to hold out whole)"
-        if novelty.calibration_unit == "block"
-        else "healthy recordings (or groups) held out from training"
-    )
+    unit = {
+        "block": "held-out blocks of healthy recordings (fewer than three recordings to hold out "
+        "whole)",
+        "cross_group": "healthy training recordings, each scored by a Gaussian fitted without "
+        "its fold of groups (cross-conformal: the bound is nominal, at most twice the budget in "
+        "the worst case)",
+    }.get(novelty.calibration_unit, "healthy recordings (or groups) held out from training")
     rows = [
         ("detector", clean_text(novelty.detector)),
         ("trained on", f"'{clean_text(novelty.healthy_label, max_len=NAME_MAX)}' recordings only"),
