@@ -17,6 +17,7 @@ _EXPORTS = {
     "generate_dataset": "damage_lightning.data.synthetic",
     "BaseTask": "damage_lightning.tasks.base",
     "ClassificationTask": "damage_lightning.tasks.classification",
+    "NoveltyTask": "damage_lightning.tasks.novelty",
     "DamageClassifier": "damage_lightning.models.base",
     "CNNClassifier": "damage_lightning.models.cnn",
     "ResNetClassifier": "damage_lightning.models.resnet",

@@ -10,7 +10,13 @@ calibrated false-alarm rate. Numpy only.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
 import numpy as np
+
+from damage_lightning.card import DetectorResults
+from damage_lightning.evaluation.detection import ScoredWindows, calibrate, evaluate
 
 NAME = "PCA + Mahalanobis on log band energies"
 
@@ -87,3 +93,51 @@ class BandEnergyReference:
     def n_components(self) -> int:
         """Principal components kept (0 before fitting)."""
         return 0 if self.components is None else len(self.components)
+
+
+def evaluate_reference(
+    windows: Callable[[str], Iterable[Sequence[Any]]],
+    false_alarm_rate: float,
+    recording_false_alarm_rate: float,
+    quantile: float,
+    class_names: list[str],
+    max_fit_windows: int = 50_000,
+) -> tuple[DetectorResults, np.ndarray]:
+    """Fit the reference on the training windows, calibrate on ``val``, test on ``test``.
+
+    The same windows, budgets and recording rule as the detector it runs beside.
+
+    Args:
+        windows: ``windows(split)`` yields batches ``(waveform, label, recording, ...)`` of raw
+            waveform windows (``DamageDataModule.waveform_windows``).
+        false_alarm_rate: the window-level budget.
+        recording_false_alarm_rate: the recording-level budget.
+        quantile: the recording score's quantile of its window scores.
+        class_names: names of the label indices (healthy first).
+        max_fit_windows: at most this many training windows fit the reference.
+
+    Returns:
+        the test results and the score of every test window.
+    """
+    ref = BandEnergyReference()
+    train, n = [], 0
+    for batch in windows("train"):
+        train.append(ref.features(np.asarray(batch[0])))
+        n += len(train[-1])
+        if n >= max_fit_windows:
+            break
+    ref.fit(np.concatenate(train))
+
+    def scored(split: str) -> ScoredWindows:
+        parts = [
+            (ref.score(ref.features(np.asarray(b[0]))), np.asarray(b[1]), np.asarray(b[2]))
+            for b in windows(split)
+        ]
+        return ScoredWindows(*(np.concatenate(p) for p in zip(*parts, strict=True)))
+
+    window, recording = calibrate(
+        scored("val"), false_alarm_rate, recording_false_alarm_rate, quantile
+    )
+    test = scored("test")
+    name = f"{ref.name} ({ref.n_bands} bands, {ref.n_components} components)"
+    return evaluate(name, test, window, recording, quantile, class_names), test.scores

@@ -13,7 +13,7 @@ damage class, beside the classical reference (PCA + Mahalanobis on log band ener
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from damage_lightning.card import NoveltyCard, ThresholdRecord
 from damage_lightning.deploy.novelty import NoveltyRule
 from damage_lightning.evaluation.detection import ScoredWindows, calibrate, evaluate
-from damage_lightning.evaluation.reference import BandEnergyReference
+from damage_lightning.evaluation.reference import evaluate_reference
 from damage_lightning.networks import build_backbone
 from damage_lightning.networks.spectrum import SpectrumBackbone
 from damage_lightning.tasks.base import BaseTask
@@ -73,6 +73,9 @@ class NoveltyTask(BaseTask):
         **kwargs: the arguments of :class:`~damage_lightning.tasks.base.BaseTask`.
     """
 
+    #: Early stopping and the checkpoint follow the reconstruction (or mean score) on validation.
+    monitor: ClassVar[str] = "val_loss"
+    mode: ClassVar[Literal["min", "max"]] = "min"
     healthy_only = True
 
     def __init__(
@@ -313,7 +316,14 @@ class NoveltyTask(BaseTask):
         reference = None
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.hparams.reference and hasattr(datamodule, "waveform_windows"):
-            reference, ref_scores = self._reference(datamodule)
+            reference, ref_scores = evaluate_reference(
+                datamodule.waveform_windows,
+                self.hparams.false_alarm_rate,
+                self.recording_false_alarm_rate,
+                q,
+                names,
+                MAX_FIT_WINDOWS,
+            )
             self.test_scores["reference_score"] = ref_scores
         n_cal, n_rec = int(self.net.calibration[0]), int(self.net.calibration[2])
         self.novelty_results = NoveltyCard(
@@ -352,37 +362,6 @@ class NoveltyTask(BaseTask):
             "recording": batch[2].cpu(),
             "start": batch[3].cpu(),
         }
-
-    # ----------------------------------------------------------------------- the reference
-    def _reference(self, datamodule: Any) -> tuple[Any, np.ndarray]:
-        """Fit, calibrate and test :class:`BandEnergyReference` on the same windows."""
-        ref = BandEnergyReference()
-        train, n = [], 0
-        for batch in datamodule.waveform_windows("train"):
-            train.append(ref.features(batch[0].numpy()))
-            n += len(train[-1])
-            if n >= MAX_FIT_WINDOWS:
-                break
-        ref.fit(np.concatenate(train))
-
-        def scored(split: str) -> ScoredWindows:
-            parts = [
-                (ref.score(ref.features(b[0].numpy())), b[1].numpy(), b[2].numpy())
-                for b in datamodule.waveform_windows(split)
-            ]
-            return ScoredWindows(*(np.concatenate(p) for p in zip(*parts, strict=True)))
-
-        hp = self.hparams
-        window, recording = calibrate(
-            scored("val"),
-            hp.false_alarm_rate,
-            self.recording_false_alarm_rate,
-            hp.recording_quantile,
-        )
-        test = scored("test")
-        name = f"{ref.name} ({ref.n_bands} bands, {ref.n_components} components)"
-        results = evaluate(name, test, window, recording, hp.recording_quantile, self.class_names)
-        return results, test.scores
 
     # ----------------------------------------------------------------- thresholds, export
     @property

@@ -6,6 +6,7 @@ One ``fit --config configs/novelty.yaml`` is shared by the tests that read its r
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
@@ -217,8 +218,10 @@ def test_report_has_the_novelty_results_and_figures(run: Path) -> None:
 
 
 def test_one_class_data_for_a_classifier_exits_with_one_line(
-    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # As from a shell: LightningCLI warns when sys.argv (here pytest's) and args both hold options.
+    monkeypatch.setattr(sys, "argv", ["damage_lightning"])
     one = tmp_path / "normal_only" / "normal"
     one.mkdir(parents=True)
     for i in range(3):
