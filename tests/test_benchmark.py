@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,25 @@ def test_ingest_in_process_times_every_phase(
         assert r["params"]["channels"] == ["sensor_a", "sensor_b"]
     # The optional section reads only its folder: no generated dataset was written.
     assert not list(work.glob("generated-*"))
+
+
+@pytest.mark.slow
+def test_novelty_section_records_detection_against_the_reference(tmp_path: Path) -> None:
+    env = {**os.environ, "DAMAGE_LIGHTNING_SHARED_DATA": str(tmp_path / "no-shared-data")}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--size", "tiny", "--only", "novelty",
+         "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, cwd=REPO, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = _by_name([json.loads(line) for line in proc.stdout.strip().splitlines()])
+    far = names["novelty_monitoring_recording_false_alarm_rate"][0]
+    assert far["target"] == 0.01 and far["met"] == (far["value"] <= 0.01)
+    for name in ("stiffness_loss_10", "stiffness_loss_20", "bumper_contact"):
+        record = names[f"novelty_monitoring_recording_detection_{name}"][0]
+        assert record["target"] == 0.95
+        assert names[f"novelty_monitoring_vs_reference_{name}"][0]["params"]["reference"] >= 0
+    assert names["novelty_monitoring_recording_detection_stiffness_loss_05"][0]["target"] is None
+    # Without the real data (and at the tiny size) CWRU and UESTC say why they did not run.
+    assert names["novelty_cwru_faults_alarmed"][0]["skipped"] is True
+    assert names["novelty_uestc"][0]["skipped"] is True

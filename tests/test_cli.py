@@ -203,6 +203,10 @@ def test_bad_data_exits_2_without_traceback(tmp_path):
     bad = tmp_path / "bad" / "only_class"
     bad.mkdir(parents=True)
     (bad / "a.csv").write_text("x,y\n1,2\n3,oops\n")
+    # A second class: one class alone is refused (pointing to the novelty config) before any file
+    # is read; tests/tasks/test_novelty.py covers that message.
+    (tmp_path / "bad" / "other").mkdir()
+    (tmp_path / "bad" / "other" / "b.csv").write_text("x,y\n1,2\n3,4\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run(
         [
