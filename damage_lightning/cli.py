@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -142,6 +143,7 @@ class DamageCLI(LightningCLI):
         self, *args: Any, exit_stack: contextlib.ExitStack | None = None, **kwargs: Any
     ) -> None:
         self.run_dir: Path | None = None
+        self._new_run_dir_made = False
         self._exit_stack = exit_stack
         self.started = time.time()
         kwargs.setdefault("model_class", BaseTask)
@@ -160,7 +162,22 @@ class DamageCLI(LightningCLI):
                 "'data synth --out DIR' writes the built-in simulated dataset as CSV.",
             },
         )
-        super().__init__(*args, **kwargs)
+        try:
+            super().__init__(*args, **kwargs)
+        except USER_ERRORS:
+            self._discard_unstarted_run()
+            raise
+
+    def _discard_unstarted_run(self) -> None:
+        # Bad data stops a fit before anything is trained: the folder this call made holds only
+        # the log of that failure, and would block rerunning the same --run_name once the data
+        # are fixed. A folder that existed before, or that holds a checkpoint, is kept.
+        run_dir = self.run_dir
+        if not self._new_run_dir_made or run_dir is None or not _is_rank_zero():
+            return
+        if (run_dir / "checkpoints").exists():
+            return
+        shutil.rmtree(run_dir, ignore_errors=True)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -254,6 +271,9 @@ class DamageCLI(LightningCLI):
         if run_dir is None and self.subcommand == "fit":
             run_dir = self._new_run_dir(root, cfg)
         self.run_dir = run_dir
+        self._new_run_dir_made = (
+            run_dir is not None and self.subcommand == "fit" and not run_dir.exists()
+        )
         if run_dir is not None and self.subcommand in ("fit", "export", "predict"):
             check_writable(run_dir)
         if run_dir is not None and self.subcommand == "fit" and ckpt and _is_rank_zero():
