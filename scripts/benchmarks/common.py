@@ -133,7 +133,7 @@ def size_for(name: str, device: str) -> Size:
             name="quick",
             ingest_mb=100.0,
             ingest_repeats=2,
-            train_windows=256,
+            train_windows=384,
             epochs=1,
             batch_size=64,
             frontend_batch=256,

@@ -61,6 +61,15 @@ def test_conv_spectrogram_equals_the_float64_torch_stft(kwargs: dict) -> None:
     assert torch.allclose(single, got[:3], atol=1e-5)
 
 
+def test_full_precision_gpu_path_computes_the_same_convolution() -> None:
+    # The GPU branch (TF32 and autocast off) is the same convolution; checked here on the CPU.
+    _, conv, x = _pair(kind="stft", n_fft=256, hop_length=64)
+    stft = conv.spectrum
+    padded = torch.nn.functional.pad(x.reshape(-1, 1, WINDOW), (128, 128), mode="reflect")
+    want = torch.nn.functional.conv1d(padded, stft.basis, stride=64)
+    assert torch.equal(stft._conv_ieee(padded), want)
+
+
 def test_conv_setting_travels_with_the_settings_and_is_checked() -> None:
     conv = SpectrogramFrontend(SR, CHANNELS, stft="conv")
     assert conv.settings()["stft"] == "conv"
