@@ -16,7 +16,7 @@ import time
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -63,15 +63,19 @@ class DamageTrainer(Trainer):
         datamodule: DamageDataModule | None = None,
         ckpt_path: str | None = None,
         weights_only: bool | None = None,
+        quantize: Literal["int8"] | None = None,
     ) -> dict[str, Any]:
         """Export a checkpoint to ONNX and TorchScript (waveform in), verified against eager.
 
         Args:
             model: the model described by the config (its weights come from ``ckpt_path``).
-            datamodule: the config's data module (unused: the checkpoint carries the front end).
+            datamodule: the config's data module: the checkpoint carries the front end; only
+                ``quantize`` reads the data (calibration and test windows).
             ckpt_path: checkpoint to export: ``best``, ``last`` or a file.
             weights_only: accepted so a run's ``config.yaml`` (written by ``fit``) can be reused;
                 checkpoints are always loaded with ``weights_only=True``.
+            quantize: ``int8`` also writes ``model.int8.onnx`` (static quantisation calibrated
+                on the training split, verified on the test split against the float model).
         """
         from damage_lightning.export import deployable_from_checkpoint, export_all
 
@@ -82,10 +86,33 @@ class DamageTrainer(Trainer):
         )
         check_writable(out_dir)
         deployable, spec = deployable_from_checkpoint(ckpt_path)
-        result = export_all(deployable, out_dir, spec.metadata())
+        int8 = None
+        if quantize == "int8":
+            int8 = _quantization_data(datamodule, spec)
+        result = export_all(deployable, out_dir, spec.metadata(), int8=int8)
         for kind, entry in result.items():
             print(f"{kind}: {entry['path']}")
         return result
+
+
+def _quantization_data(datamodule: DamageDataModule | None, spec: Any) -> Any:
+    """Calibration and test windows for ``export --quantize int8`` from the config's data."""
+    from damage_lightning.export import QuantizationData
+
+    if datamodule is None:
+        raise OutputLocationError("export --quantize int8 needs the data: pass the run's --config")
+    if datamodule.channels != spec.channels or datamodule.window != spec.window:
+        raise DataValidationError(
+            Problem(
+                str(datamodule.data_root),
+                "",
+                f"the checkpoint reads windows of {spec.window} samples of {spec.channels}; "
+                f"the data give {datamodule.window} samples of {datamodule.channels}",
+            )
+        )
+    # The checkpoint's normalisation, not a refit on these data.
+    datamodule.restore_frontend_state(spec.frontend_state, spec.class_names)
+    return QuantizationData.from_datamodule(datamodule)
 
 
 def _is_rank_zero() -> bool:
@@ -228,6 +255,12 @@ class DamageCLI(LightningCLI):
             default=ReportOptions.max_retries,
             help="LLM retries within the limit.",
         )
+        parser.add_argument(
+            "--export.quantize",
+            type=Literal["int8"] | None,
+            default=None,
+            help="fit: also export model.int8.onnx (export: same as --quantize).",
+        )
         for attr in ("num_classes", "in_channels", "input_shape", "class_names"):
             parser.link_arguments(f"data.{attr}", f"model.init_args.{attr}", apply_on="instantiate")
         parser.set_defaults({"trainer.default_root_dir": DEFAULT_ROOT})
@@ -353,6 +386,7 @@ class DamageCLI(LightningCLI):
             seed=self.config["fit"].seed_everything,
             started=self.started,
             report=report.as_dict() if hasattr(report, "as_dict") else dict(report),
+            quantize=self.config["fit"].export.quantize,
         )
 
     def predict(self, **kwargs: Any) -> None:
@@ -370,6 +404,7 @@ class DamageCLI(LightningCLI):
     def export(self, **kwargs: Any) -> None:
         """Export ``--ckpt_path`` (into ``--output`` or the run's ``export/``)."""
         self.trainer._export_dir = self.config["export"].output  # type: ignore[attr-defined]
+        kwargs["quantize"] = kwargs.get("quantize") or self.config["export"].export.quantize
         self.trainer.export(**kwargs)
 
 

@@ -64,20 +64,23 @@ def finalize_run(
     seed: Any,
     started: float,
     report: dict[str, Any] | None = None,
+    quantize: str | None = None,
 ) -> ModelCard:
     """After fit and test (rank zero): exports, ``model_info.json``, the report and the summary.
 
     The model holds the best checkpoint's weights (``trainer.test`` loaded them). Export
     verification failures raise; a failing report is logged and never fails the run. ``report``
-    holds the ``ReportOptions`` fields (the CLI's ``--report.*``).
+    holds the ``ReportOptions`` fields (the CLI's ``--report.*``); ``quantize="int8"`` also
+    exports ``model.int8.onnx`` (the CLI's ``--export.quantize``).
     """
-    from damage_lightning.export import DeployableModel, ExportSpec, export_all
+    from damage_lightning.export import DeployableModel, ExportSpec, QuantizationData, export_all
 
     # The same record the checkpoint holds: exports after fit and `export` from the checkpoint
     # carry identical metadata.
     spec = ExportSpec.of(model, datamodule)
     deployable = DeployableModel(datamodule.frontend, model.net)
-    exports = export_all(deployable, run_dir / "export", spec.metadata())
+    int8 = QuantizationData.from_datamodule(datamodule) if quantize == "int8" else None
+    exports = export_all(deployable, run_dir / "export", spec.metadata(), int8=int8)
     for entry in exports.values():
         entry["path"] = _relative(entry["path"], run_dir)
 
@@ -191,6 +194,8 @@ def finalize_run(
     )
     print(f"onnx: {run_dir / card.exports['onnx'].path}")
     print(f"torchscript: {run_dir / card.exports['torchscript'].path}")
+    if "int8" in card.exports:
+        print(f"int8 onnx: {run_dir / card.exports['int8'].path}")
     if pdf:
         print(f"report: {pdf}")
     print(f"run folder: {run_dir}")
