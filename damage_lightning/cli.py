@@ -1,4 +1,4 @@
-"""The command line: LightningCLI (fit/validate/test/predict/export), ``data synth``, ``report``.
+"""The command line: LightningCLI (fit/validate/test/predict/export); data, report, compare, tune.
 
 ``main(args=None)`` is what ``python -m damage_lightning`` runs; tests call ``main([...])``
 in-process. Bad input ends with one or two lines on stderr and exit status 2, no traceback.
@@ -21,7 +21,6 @@ from typing import Any, Literal
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger
 
 from damage_lightning.artifacts import (
     TMP_PREFIX,
@@ -41,6 +40,7 @@ from damage_lightning.errors import (
 from damage_lightning.report.options import MODEL_ENV, ReportOptions
 from damage_lightning.run import finalize_run, write_predictions
 from damage_lightning.tasks.base import BaseTask, TrainingDivergedError
+from damage_lightning.tracking import attach_run_files, run_loggers
 
 RUN_NAME_ENV = "DAMAGE_LIGHTNING_RUN_NAME"
 
@@ -184,9 +184,10 @@ class DamageCLI(LightningCLI):
             {
                 "default_env": False,
                 "description": "Train, evaluate, export and report vibration damage classifiers.",
-                "epilog": "Two more commands: 'report --run_dir DIR' (re)writes a run's PDF "
+                "epilog": "More commands: 'report --run_dir DIR' (re)writes a run's PDF "
                 "report; "
-                "'data synth --out DIR' writes the built-in simulated dataset as CSV.",
+                "'data synth --out DIR' writes the built-in simulated dataset as CSV; "
+                "'compare RUN ...' tabulates runs; 'tune --config ...' runs an Optuna search.",
             },
         )
         try:
@@ -339,10 +340,10 @@ class DamageCLI(LightningCLI):
         return run_dir
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Log to the run folder's metrics.csv and checkpoint into its ``checkpoints/``."""
-        cfg = self.config[self.subcommand]
-        if self.run_dir is not None and cfg.trainer.get("logger") in (None, True):
-            kwargs["logger"] = CSVLogger(save_dir=str(self.run_dir), name="", version="")
+        """Log to the run folder (CSV, TensorBoard) and checkpoint into its ``checkpoints/``."""
+        if self.run_dir is not None:
+            configured = self.config_init[self.subcommand].trainer.get("logger")
+            kwargs["logger"] = run_loggers(self.run_dir, configured)
         trainer = super().instantiate_trainer(**kwargs)
         if self.run_dir is not None:
             for cb in trainer.checkpoint_callbacks:
@@ -388,6 +389,7 @@ class DamageCLI(LightningCLI):
             report=report.as_dict() if hasattr(report, "as_dict") else dict(report),
             quantize=self.config["fit"].export.quantize,
         )
+        attach_run_files(trainer.loggers, self.run_dir)
 
     def predict(self, **kwargs: Any) -> None:
         """Predict and write per-window and per-recording CSVs."""
@@ -474,6 +476,14 @@ def main(args: list[str] | None = None) -> int:
             # LightningCLI reads sys.argv itself when args is None (see below).
             sys.argv[1:] = resolved
         argv = resolved
+        if argv[:1] == ["compare"]:
+            from damage_lightning.compare import main_compare
+
+            return main_compare(argv[1:])
+        if argv[:1] == ["tune"]:
+            from damage_lightning.tune import main_tune
+
+            return main_tune(argv[1:])
         with contextlib.ExitStack() as stack:
             # args=None when called from the shell: LightningCLI then reads sys.argv itself
             # instead of warning that both were given.
