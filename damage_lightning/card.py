@@ -214,6 +214,42 @@ class Verification(JsonRecord):
     max_abs_diff_outputs: dict[str, float] | None = None
     batch_sizes: list[int]
     runtime: str
+    # A quantised model is checked against the float model on the test split instead.
+    reference: str | None = None
+    test_split: str | None = None
+    test_windows: int | None = None
+    agreement: float | None = None
+    min_agreement: float | None = None
+    accuracy_reference: float | None = None
+    accuracy: float | None = None
+    accuracy_drop_points: float | None = None
+    max_accuracy_drop_points: float | None = None
+
+
+@dataclass(kw_only=True)
+class ModelSpeed(JsonRecord):
+    """Size and CPU speed of one model file (onnxruntime, measured when it was exported)."""
+
+    size_bytes: int
+    latency_ms_batch1: float
+    throughput_windows_per_s: float
+
+
+@dataclass(kw_only=True)
+class Quantization(JsonRecord):
+    """``exports.int8.quantization``: how the int8 model was built, and its speed against float."""
+
+    scheme: str
+    calibration_split: str
+    calibration_windows: int
+    float_nodes: int
+    runtime: str
+    throughput_batch: int
+    float_model: ModelSpeed
+    int8_model: ModelSpeed
+    size_ratio: float
+    latency_speedup: float
+    throughput_speedup: float
 
 
 @dataclass(kw_only=True)
@@ -225,6 +261,7 @@ class ExportEntry(JsonRecord):
     size_bytes: int
     export_time_s: float | None = None
     verification: Verification | None = None
+    quantization: Quantization | None = None
 
 
 @dataclass(kw_only=True)

@@ -1,4 +1,4 @@
-"""The command line: LightningCLI (fit/validate/test/predict/export), ``data synth``, ``report``.
+"""The command line: LightningCLI (fit/validate/test/predict/export); data, report, compare, tune.
 
 ``main(args=None)`` is what ``python -m damage_lightning`` runs; tests call ``main([...])``
 in-process. Bad input ends with one or two lines on stderr and exit status 2, no traceback.
@@ -10,17 +10,17 @@ import argparse
 import contextlib
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger
 
 from damage_lightning.artifacts import (
     TMP_PREFIX,
@@ -41,6 +41,7 @@ from damage_lightning.report.options import MODEL_ENV, ReportOptions
 from damage_lightning.run import finalize_run, write_predictions
 from damage_lightning.task_check import check_task_fits_data
 from damage_lightning.tasks.base import BaseTask, TrainingDivergedError
+from damage_lightning.tracking import attach_run_files, run_loggers
 
 RUN_NAME_ENV = "DAMAGE_LIGHTNING_RUN_NAME"
 
@@ -63,15 +64,19 @@ class DamageTrainer(Trainer):
         datamodule: DamageDataModule | None = None,
         ckpt_path: str | None = None,
         weights_only: bool | None = None,
+        quantize: Literal["int8"] | None = None,
     ) -> dict[str, Any]:
         """Export a checkpoint to ONNX and TorchScript (waveform in), verified against eager.
 
         Args:
             model: the model described by the config (its weights come from ``ckpt_path``).
-            datamodule: the config's data module (unused: the checkpoint carries the front end).
+            datamodule: the config's data module: the checkpoint carries the front end; only
+                ``quantize`` reads the data (calibration and test windows).
             ckpt_path: checkpoint to export: ``best``, ``last`` or a file.
             weights_only: accepted so a run's ``config.yaml`` (written by ``fit``) can be reused;
                 checkpoints are always loaded with ``weights_only=True``.
+            quantize: ``int8`` also writes ``model.int8.onnx`` (static quantisation calibrated
+                on the training split, verified on the test split against the float model).
         """
         from damage_lightning.export import deployable_from_checkpoint, export_all
 
@@ -82,10 +87,34 @@ class DamageTrainer(Trainer):
         )
         check_writable(out_dir)
         deployable, spec = deployable_from_checkpoint(ckpt_path)
-        result = export_all(deployable, out_dir, spec.metadata(**deployable.metadata_extra))
+        int8 = None
+        if quantize == "int8":
+            int8 = _quantization_data(datamodule, spec)
+        metadata = spec.metadata(**deployable.metadata_extra)
+        result = export_all(deployable, out_dir, metadata, int8=int8)
         for kind, entry in result.items():
             print(f"{kind}: {entry['path']}")
         return result
+
+
+def _quantization_data(datamodule: DamageDataModule | None, spec: Any) -> Any:
+    """Calibration and test windows for ``export --quantize int8`` from the config's data."""
+    from damage_lightning.export import QuantizationData
+
+    if datamodule is None:
+        raise OutputLocationError("export --quantize int8 needs the data: pass the run's --config")
+    if datamodule.channels != spec.channels or datamodule.window != spec.window:
+        raise DataValidationError(
+            Problem(
+                str(datamodule.data_root),
+                "",
+                f"the checkpoint reads windows of {spec.window} samples of {spec.channels}; "
+                f"the data give {datamodule.window} samples of {datamodule.channels}",
+            )
+        )
+    # The checkpoint's normalisation, not a refit on these data.
+    datamodule.restore_frontend_state(spec.frontend_state, spec.class_names)
+    return QuantizationData.from_datamodule(datamodule)
 
 
 def _is_rank_zero() -> bool:
@@ -143,6 +172,7 @@ class DamageCLI(LightningCLI):
         self, *args: Any, exit_stack: contextlib.ExitStack | None = None, **kwargs: Any
     ) -> None:
         self.run_dir: Path | None = None
+        self._new_run_dir_made = False
         self._exit_stack = exit_stack
         self.started = time.time()
         kwargs.setdefault("model_class", BaseTask)
@@ -156,12 +186,28 @@ class DamageCLI(LightningCLI):
             {
                 "default_env": False,
                 "description": "Train, evaluate, export and report vibration damage classifiers.",
-                "epilog": "Two more commands: 'report --run_dir DIR' (re)writes a run's PDF "
+                "epilog": "More commands: 'report --run_dir DIR' (re)writes a run's PDF "
                 "report; "
-                "'data synth --out DIR' writes the built-in simulated dataset as CSV.",
+                "'data synth --out DIR' writes the built-in simulated dataset as CSV; "
+                "'compare RUN ...' tabulates runs; 'tune --config ...' runs an Optuna search.",
             },
         )
-        super().__init__(*args, **kwargs)
+        try:
+            super().__init__(*args, **kwargs)
+        except USER_ERRORS:
+            self._discard_unstarted_run()
+            raise
+
+    def _discard_unstarted_run(self) -> None:
+        # Bad data stops a fit before anything is trained: the folder this call made holds only
+        # the log of that failure, and would block rerunning the same --run_name once the data
+        # are fixed. A folder that existed before, or that holds a checkpoint, is kept.
+        run_dir = self.run_dir
+        if not self._new_run_dir_made or run_dir is None or not _is_rank_zero():
+            return
+        if (run_dir / "checkpoints").exists():
+            return
+        shutil.rmtree(run_dir, ignore_errors=True)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -211,6 +257,12 @@ class DamageCLI(LightningCLI):
             type=int,
             default=ReportOptions.max_retries,
             help="LLM retries within the limit.",
+        )
+        parser.add_argument(
+            "--export.quantize",
+            type=Literal["int8"] | None,
+            default=None,
+            help="fit: also export model.int8.onnx (export: same as --quantize).",
         )
         for attr in ("num_classes", "in_channels", "input_shape", "class_names"):
             parser.link_arguments(f"data.{attr}", f"model.init_args.{attr}", apply_on="instantiate")
@@ -262,6 +314,9 @@ class DamageCLI(LightningCLI):
         if run_dir is None and self.subcommand == "fit":
             run_dir = self._new_run_dir(root, cfg)
         self.run_dir = run_dir
+        self._new_run_dir_made = (
+            run_dir is not None and self.subcommand == "fit" and not run_dir.exists()
+        )
         if run_dir is not None and self.subcommand in ("fit", "export", "predict"):
             check_writable(run_dir)
         if run_dir is not None and self.subcommand == "fit" and ckpt and _is_rank_zero():
@@ -294,10 +349,10 @@ class DamageCLI(LightningCLI):
         return run_dir
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Log to the run folder's metrics.csv and checkpoint into its ``checkpoints/``."""
-        cfg = self.config[self.subcommand]
-        if self.run_dir is not None and cfg.trainer.get("logger") in (None, True):
-            kwargs["logger"] = CSVLogger(save_dir=str(self.run_dir), name="", version="")
+        """Log to the run folder (CSV, TensorBoard) and checkpoint into its ``checkpoints/``."""
+        if self.run_dir is not None:
+            configured = self.config_init[self.subcommand].trainer.get("logger")
+            kwargs["logger"] = run_loggers(self.run_dir, configured)
         trainer = super().instantiate_trainer(**kwargs)
         if self.run_dir is not None:
             for cb in trainer.checkpoint_callbacks:
@@ -341,7 +396,9 @@ class DamageCLI(LightningCLI):
             seed=self.config["fit"].seed_everything,
             started=self.started,
             report=report.as_dict() if hasattr(report, "as_dict") else dict(report),
+            quantize=self.config["fit"].export.quantize,
         )
+        attach_run_files(trainer.loggers, self.run_dir)
 
     def predict(self, **kwargs: Any) -> None:
         """Predict and write per-window and per-recording CSVs."""
@@ -358,6 +415,7 @@ class DamageCLI(LightningCLI):
     def export(self, **kwargs: Any) -> None:
         """Export ``--ckpt_path`` (into ``--output`` or the run's ``export/``)."""
         self.trainer._export_dir = self.config["export"].output  # type: ignore[attr-defined]
+        kwargs["quantize"] = kwargs.get("quantize") or self.config["export"].export.quantize
         self.trainer.export(**kwargs)
 
 
@@ -427,6 +485,14 @@ def main(args: list[str] | None = None) -> int:
             # LightningCLI reads sys.argv itself when args is None (see below).
             sys.argv[1:] = resolved
         argv = resolved
+        if argv[:1] == ["compare"]:
+            from damage_lightning.compare import main_compare
+
+            return main_compare(argv[1:])
+        if argv[:1] == ["tune"]:
+            from damage_lightning.tune import main_tune
+
+            return main_tune(argv[1:])
         with contextlib.ExitStack() as stack:
             # args=None when called from the shell: LightningCLI then reads sys.argv itself
             # instead of warning that both were given.

@@ -64,20 +64,24 @@ def finalize_run(
     seed: Any,
     started: float,
     report: dict[str, Any] | None = None,
+    quantize: str | None = None,
 ) -> ModelCard:
     """After fit and test (rank zero): exports, ``model_info.json``, the report and the summary.
 
     The model holds the best checkpoint's weights (``trainer.test`` loaded them). Export
     verification failures raise; a failing report is logged and never fails the run. ``report``
-    holds the ``ReportOptions`` fields (the CLI's ``--report.*``).
+    holds the ``ReportOptions`` fields (the CLI's ``--report.*``); ``quantize="int8"`` also
+    exports ``model.int8.onnx`` (the CLI's ``--export.quantize``).
     """
-    from damage_lightning.export import ExportSpec, export_all
+    from damage_lightning.export import ExportSpec, QuantizationData, export_all
 
     # The same record the checkpoint holds: exports after fit and `export` from the checkpoint
     # carry identical metadata.
     spec = ExportSpec.of(model, datamodule)
     deployable = model.deployable(datamodule.frontend)
-    exports = export_all(deployable, run_dir / "export", spec.metadata(**deployable.metadata_extra))
+    int8 = QuantizationData.from_datamodule(datamodule) if quantize == "int8" else None
+    metadata = spec.metadata(**deployable.metadata_extra)
+    exports = export_all(deployable, run_dir / "export", metadata, int8=int8)
     for entry in exports.values():
         entry["path"] = _relative(entry["path"], run_dir)
 
@@ -200,6 +204,8 @@ def finalize_run(
     )
     print(f"onnx: {run_dir / card.exports['onnx'].path}")
     print(f"torchscript: {run_dir / card.exports['torchscript'].path}")
+    if "int8" in card.exports:
+        print(f"int8 onnx: {run_dir / card.exports['int8'].path}")
     if pdf:
         print(f"report: {pdf}")
     print(f"run folder: {run_dir}")

@@ -49,7 +49,8 @@ class TrainingResult:
     model_type: str = "cnn"
 
 
-def _override_args(overrides: dict[str, Any]) -> list[str]:
+def override_args(overrides: dict[str, Any]) -> list[str]:
+    """CLI options for ``overrides`` (``{"trainer.max_epochs": 3}``; ``__`` stands for ``.``)."""
     args: list[str] = []
     for key, value in overrides.items():
         flag = "--" + key.replace("__", ".")
@@ -108,7 +109,7 @@ def run_training(
     args += ["--trainer.default_root_dir", str(save_dir)]
     if run_name:
         args += ["--run_name", run_name]
-    args += _override_args(overrides)
+    args += override_args(overrides)
 
     started = time.time()
     with contextlib.ExitStack() as stack:

@@ -11,6 +11,8 @@ command line that runs them. Figures and their meaning: ``docs/benchmarks.md``.
     python scripts/benchmark.py --device cuda --output gpu.jsonl  # GPU, under 6 minutes
     python scripts/benchmark.py --device cpu --size tiny          # every code path, in seconds
     python scripts/benchmark.py --only ingest_in_process --ingest-repeats 3  # CWRU, one process
+    python scripts/benchmark.py --quick --only train --profile prof/   # + one profiled epoch each
+    python scripts/benchmark.py --only gateway                      # the predictor over 1 h of data
     python scripts/benchmark.py --only novelty --output novelty.jsonl  # issue 11, ~10 min CPU
 
 The Keras comparison runs in a subprocess of ``--keras-python`` (an interpreter with
@@ -53,8 +55,11 @@ from benchmarks.common import (
 from benchmarks.dataset import N_RECORDINGS, generate_dataset, recording_rows
 from benchmarks.e2e import bench_e2e
 from benchmarks.frontend import bench_frontend
+from benchmarks.gateway import bench_gateway
+from benchmarks.gateway import child_main as gateway_child
 from benchmarks.inference import bench_inference
 from benchmarks.novelty import bench_novelty
+from benchmarks.profiling import profile_train
 from benchmarks.training import (
     TrainSetup,
     bench_train,
@@ -64,7 +69,7 @@ from benchmarks.training import (
 )
 from benchmarks.vs_keras import bench_keras, keras_worker
 
-SECTIONS = ("ingest", "frontend", "train", "keras", "inference", "e2e")
+SECTIONS = ("ingest", "frontend", "train", "keras", "inference", "gateway", "e2e")
 # Sections that run only when ``--only`` names them.
 OPTIONAL_SECTIONS = ("ingest_in_process", "novelty")
 
@@ -182,6 +187,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-e2e", dest="e2e", action="store_false")
     parser.add_argument("--models", default="cnn,resnet", help="comma list of cnn, resnet")
     parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="with the train section: also profile one epoch of ours and of the plain loop "
+        "(cProfile) per model, writing the top entries to this folder",
+    )
+    parser.add_argument(
         "--only",
         default=",".join(SECTIONS),
         help=f"comma list of sections to run: {','.join(SECTIONS)} (the default), and "
@@ -191,6 +203,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # Internal: an ingest measurement in a fresh process, and the Keras worker.
     parser.add_argument("--ingest-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--keras-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--gateway-child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -255,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     if args.ingest_child:
         return ingest.child_main(args.ingest_child)
+    if args.gateway_child:
+        return gateway_child(args.gateway_child)
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -315,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         rec.emit("environment", None, "", _environment(args, size, device))
         data_dir = workdir / f"generated-{size.ingest_mb:g}MB"
         dm_cache = workdir / f"cache-generated-{size.ingest_mb:g}MB"
-        # The sections of the default run read the generated dataset; the optional ones do not.
-        if not set(only) <= set(OPTIONAL_SECTIONS):
+        # The sections of the default run read the generated dataset; the optional ones and the
+        # gateway (its own recording) do not.
+        if not set(only) <= {*OPTIONAL_SECTIONS, "gateway"}:
             with _section(rec, "generate", errors):
                 t0 = time.perf_counter()
                 generate_dataset(data_dir, size.ingest_mb)
@@ -354,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                     choose_memory_format(setup, kind, mode)
                 train_modes = compile_modes if "train" in only else [False]
                 ours, models = bench_train(rec, setup, kinds, train_modes, deadline)
+                if args.profile is not None and "train" in only:
+                    profile_train(rec, setup, kinds, args.profile.resolve())
         if "keras" in only and not out_of_time("train_keras"):
             if not args.vs_keras:
                 rec.skipped("train_keras", "not requested (--vs-keras)")
@@ -370,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
                     bench_inference(rec, setup, models, workdir, size)
             else:
                 rec.skipped("inference", "needs the trained models, which did not train")
+        if "gateway" in only and not out_of_time("gateway"):
+            with _section(rec, "gateway", errors):
+                bench_gateway(rec, workdir, size.gateway_seconds)
         run_e2e = size.e2e if args.e2e is None else args.e2e
         if "e2e" in only and not run_e2e:
             rec.skipped("e2e_fit_wall", "left out of --quick on the CPU (15-30 min); add --e2e")

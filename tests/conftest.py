@@ -75,3 +75,23 @@ def tiny_model(config: str) -> list[str]:
 @pytest.fixture
 def tiny_args(tiny_data: Path, tmp_path: Path, cache_dir: Path) -> list[str]:
     return tiny_overrides(tiny_data, tmp_path / "models", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tracked_runs(tiny_data: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Two finished tiny runs in ``<work>/models``: ``cnn`` (also logged to MLflow through the
+    shipped ``configs/mlflow.yaml``, whose SQLite store lands in ``<work>/models/mlflow.db``)
+    and ``resnet`` (default loggers only). Shared by the tracking and compare tests.
+    """
+    from damage_lightning.cli import main
+
+    work = tmp_path_factory.mktemp("tracked")
+    root = work / "models"
+    configs = REPO / "configs"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)  # the overlay's store and artefact paths are relative to the working folder
+        for name, extra in (("cnn", ["--config", str(configs / "mlflow.yaml")]), ("resnet", [])):
+            config = str(configs / f"{name}.yaml")
+            args = [*tiny_overrides(tiny_data, root, cache_dir), *tiny_model(config)]
+            main(["fit", "--config", config, *extra, *args, "--run_name", name])
+    return {"root": root, "cnn": root / "cnn", "resnet": root / "resnet"}

@@ -66,20 +66,34 @@ def test_tiny_run_measures_every_section(tmp_path: Path) -> None:
     assert names["frontend_windows_per_s"][0]["value"] > 0
     assert names["frontend_windows_per_s"][0]["params"]["output_shape"] == [1, 2, 64, 65]
 
-    # Training: ours vs plain, eager and compiled, with the GPU's settings at size tiny.
-    for tag, target in (("cnn", 0.95), ("cnn_compiled", 0.90)):
+    # Training: ours vs plain interleaved in pairs, eager and compiled, with the GPU's settings
+    # at size tiny.
+    for tag, target in (("cnn", 0.97), ("cnn_compiled", 0.90)):
         ours = names[f"train_ours_{tag}"][0]
         plain = names[f"train_plain_{tag}"][0]
-        ratio = names[f"train_ratio_ours_plain_{tag}"][0]
-        assert ratio["value"] == pytest.approx(ours["value"] / plain["value"], rel=1e-2)
-        assert ratio["target"] == target and ratio["met"] == (ratio["value"] >= target)
-        assert ratio["ratio_cpu_time"] > 0 and ratio["ratio_best_epoch"] > 0
-        params = ratio["params"]
+        params = ours["params"]
+        pairs = params["pairs_measured"]
+        assert pairs == params["pairs"] == 2
+        # Both sides train the same windows for the same epochs in every run (a compiled run
+        # has one more, excluded: it compiles in its first step).
+        epochs = params["epochs"] + params["warmup_epochs"]
+        assert params["warmup_epochs"] == (1 if tag.endswith("compiled") else 0)
+        for side in (ours, plain):
+            assert len(side["runs_windows_per_s"]) == len(side["epoch_seconds"]) == pairs
+            assert [len(e) for e in side["epoch_seconds"]] == [epochs] * pairs
+            assert [len(e) for e in side["epoch_cpu_seconds"]] == [epochs] * pairs
+        for name in ("train_ratio_ours_plain", "train_cpu_ratio_ours_plain"):
+            ratio = names[f"{name}_{tag}"][0]
+            assert ratio["target"] == target and ratio["met"] == (ratio["value"] >= target)
+            assert len(ratio["pairs"]) == pairs
+            assert ratio["min"] <= ratio["iqr"][0] <= ratio["value"] <= ratio["iqr"][1]
+            assert ratio["iqr"][1] <= ratio["max"] and ratio["value"] == ratio["median"]
+        wall = names[f"train_ratio_ours_plain_{tag}"][0]["pairs"]
+        runs = zip(ours["runs_windows_per_s"], plain["runs_windows_per_s"], strict=True)
+        got = [o / p for o, p in runs]
+        assert wall == pytest.approx(got, rel=1e-2)
         assert params["precision"] == "bf16-mixed" and params["channels_last"] is True
         assert params["compile"] == tag.endswith("compiled")
-        # Both sides train the same windows for the same epochs, the first excluded.
-        assert len(ours["epoch_seconds"]) == len(plain["epoch_seconds"]) == params["epochs"]
-        assert len(ours["epoch_cpu_seconds"]) == params["epochs"]
         assert params["train_windows_per_epoch"] > 0 and params["input_shape"] == [2, 64, 65]
 
     # Keras was not requested: a clear skip, not a silent gap.
@@ -93,6 +107,17 @@ def test_tiny_run_measures_every_section(tmp_path: Path) -> None:
     ort_lat = names["inference_cnn_onnxruntime_batch1_latency"][0]
     eager_lat = names["inference_cnn_eager_batch1_latency"][0]
     assert ort_lat["met"] == (ort_lat["p50_ms"] <= eager_lat["p50_ms"])
+
+    # The gateway: the torch-free predictor in fresh processes, float and int8.
+    for model in ("float_torch_stft", "float_conv", "int8_conv"):
+        speed = names[f"gateway_{model}_windows_per_s"][0]
+        assert speed["value"] > 0 and speed["torch_imported"] is False
+        assert speed["params"]["windows"] == (60_000 - 1024) // 512 + 1
+        memory = names[f"gateway_{model}_peak_memory"][0]
+        assert memory["value"] >= memory["baseline_mb"] > 50
+        assert names[f"gateway_{model}_scoring_memory"][0]["met"] in (True, False)
+    speedup = names["gateway_int8_speedup"][0]
+    assert speedup["target"] == 1.0 and speedup["met"] == (speedup["value"] >= 1.0)
 
     # End to end: the CLI's fit ran in a subprocess; wall time and the child's own peak RSS.
     e2e = names["e2e_fit_wall"][0]
@@ -134,7 +159,9 @@ def test_sizes_keep_the_measured_models_and_input(monkeypatch: pytest.MonkeyPatc
             assert size.cnn_widths == (32, 64, 128, 256)
             assert size.resnet_widths == (32, 64, 128, 256)
             assert sum(size.resnet_blocks) == 8
-            assert size.epochs >= 3
+            # At least five measured pairs of interleaved runs, every epoch measured.
+            assert size.pairs >= 5 and size.epochs >= 1
+            assert size.gateway_seconds == 3600.0
     assert common.size_for("full", "cuda").batch_size == 1024
     assert common.size_for("quick", "cpu").frontend_batch == 256
     assert common.size_for("full", "cuda").frontend_batch == 1024

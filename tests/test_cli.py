@@ -134,6 +134,46 @@ def test_export_subcommand_regenerates(fitted, tmp_path, capsys):
     assert (out / "model.ts.pt").stat().st_size > 1000
 
 
+def _lenient_int8(monkeypatch):
+    # The tiny model's probabilities are close together, so quantisation may flip a few top
+    # classes: these tests check the wiring, tests/test_int8.py the criteria.
+    import functools
+
+    from damage_lightning.export import folder, verify_int8
+
+    lenient = functools.partial(verify_int8, min_agreement=0.0, max_accuracy_drop_points=100.0)
+    monkeypatch.setattr(folder, "verify_int8", lenient)
+
+
+def test_export_quantize_int8_calibrates_on_the_runs_data(fitted, tmp_path, monkeypatch, capsys):
+    run, _ = fitted
+    _lenient_int8(monkeypatch)
+    out = tmp_path / "exp"
+    ckpt = str(run / "checkpoints" / "best.ckpt")
+    main(["export", "--config", str(run / "config.yaml"), "--ckpt_path", ckpt,
+          "--output", str(out), "--quantize", "int8"])  # fmt: skip
+    assert f"int8: {out / 'model.int8.onnx'}" in capsys.readouterr().out
+    from damage_lightning.deploy.session import OnnxModel
+
+    model = OnnxModel.load(out / "model.int8.onnx")
+    assert "quantization" in model.metadata.extra
+    assert model.metadata.frontend == OnnxModel.load(out / "model.onnx").metadata.frontend
+
+
+@pytest.mark.slow
+def test_fit_with_conv_frontend_and_int8_export(tiny_args, monkeypatch, capsys):
+    _lenient_int8(monkeypatch)
+    main(["fit", "--config", CNN, *tiny_args, *tiny_model(CNN), "--trainer.max_epochs", "1",
+          "--data.stft_impl", "conv", "--export.quantize", "int8"])  # fmt: skip
+    run = run_dir_from(capsys.readouterr().out)
+    card = json.loads((run / "model_info.json").read_text())
+    assert card["input"]["frontend"]["stft"] == "conv"
+    int8 = card["exports"]["int8"]
+    assert int8["path"] == "export/model.int8.onnx" and int8["verification"]["passed"]
+    assert int8["quantization"]["calibration_split"] == "train"
+    assert int8["verification"]["test_split"] == "test"
+
+
 def test_resume_continues_state(tiny_data, cache_dir, tmp_path):
     root = tmp_path / "models"
     base = [

@@ -14,6 +14,8 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
+from damage_lightning.data.dft import StftImpl, make_stft
+
 # A channel whose (log) spectrogram does not vary (a flat-lined sensor) has a standard deviation of
 # about zero; it is centred but not scaled, instead of being blown up into NaN or huge values.
 _MIN_STD = 1e-6
@@ -31,6 +33,10 @@ class SpectrogramFrontend(nn.Module):
     magnifies the float32 rounding of weak bins (60 dB below the peak, common in broadband
     vibration) into differences of 1e-3 dB between FFT implementations (pocketfft, cuFFT,
     onnxruntime); in float64 eager, TorchScript and ONNX agree to about 1e-6 after normalisation.
+    ``stft="conv"`` computes the same spectrum as a float32 convolution with a DFT basis instead
+    (:class:`damage_lightning.data.dft.ConvSTFT`): its export runs where ONNX's ``STFT`` does not
+    (OpenVINO, NPUs, TensorRT), and it differs from the float64 path by about 1e-4 after
+    normalisation in the weakest bins.
 
     Frames are centred by default (``center=True``, reflect padding), so a window of ``T`` samples
     gives ``T // hop_length + 1`` frames (``average_frames`` averages them into one). With
@@ -59,6 +65,8 @@ class SpectrogramFrontend(nn.Module):
         top_db: with ``log``, clamp each example at this many dB below its maximum; ``None`` to
             keep the full range.
         eps: floor applied before the logarithm (torchaudio's ``amin``).
+        stft: ``"torch"`` (``torch.stft`` in float64) or ``"conv"`` (a float32 convolution with a
+            fixed DFT basis, for runtimes without an STFT operator).
         center: centre the frames on their sample with reflect padding (torchaudio's default);
             ``False`` takes only frames that lie inside the window (``1 + (T - n_fft) //
             hop_length`` of them), so no frame mixes in a mirrored copy of the window's edge.
@@ -83,6 +91,7 @@ class SpectrogramFrontend(nn.Module):
         log: bool = True,
         top_db: float | None = 80.0,
         eps: float = 1e-10,
+        stft: StftImpl = "torch",
         center: bool = True,
         average_frames: bool = False,
     ):
@@ -93,7 +102,7 @@ class SpectrogramFrontend(nn.Module):
         f_max = nyquist if f_max is None else float(f_max)
         _check_settings(
             sample_rate, n_channels, kind, n_fft, hop_length, win_length, n_mels, f_min, f_max,
-            nyquist, power, top_db, eps,
+            nyquist, power, top_db, eps, stft,
         )  # fmt: skip
         self.sample_rate = float(sample_rate)
         self.n_channels = int(n_channels)
@@ -108,15 +117,13 @@ class SpectrogramFrontend(nn.Module):
         self.log = bool(log)
         self.top_db = None if top_db is None else float(top_db)
         self.eps = float(eps)
+        self.stft_impl = stft
         self.center = bool(center)
         self.average_frames = bool(average_frames)
 
         n_stft = self.n_fft // 2 + 1
-        # float64: see the class docstring. Buffers follow the module's device; the window and the
-        # mel filters derive from the settings, so only the statistics go into the state_dict.
-        self.register_buffer(
-            "window", torch.hann_window(win_length, dtype=torch.float64), persistent=False
-        )
+        # Buffers follow the module's device; the window, DFT basis and mel filters derive from
+        # the settings, so only the statistics go into the state_dict.
         if kind == "mel":
             fb = AF.melscale_fbanks(
                 n_stft, self.f_min, f_max, self.n_mels, self.sample_rate, norm=None, mel_scale="htk"
@@ -136,8 +143,11 @@ class SpectrogramFrontend(nn.Module):
                     f"{sample_rate} Hz (bins are {step:g} Hz apart); widen the range or raise n_fft"
                 )
         self._mel = kind == "mel"
-        # The crop is skipped when it keeps every bin, which keeps the exported graph minimal.
-        self._crop = kind == "stft" and (self._bin_lo > 0 or self._bin_hi < n_stft)
+        # The mel filters take every bin; the linear spectrogram only the bins it keeps.
+        first, stop = (0, n_stft) if self._mel else (self._bin_lo, self._bin_hi)
+        self.spectrum = make_stft(
+            stft, self.n_fft, hop_length, win_length, first, stop, self.power, self.center
+        )
         self._db_multiplier = 10.0 if self.power == 2.0 else 20.0
         # A float, or -1 for "no clamp": TorchScript types the attribute from its value.
         self._top_db = -1.0 if self.top_db is None else self.top_db
@@ -170,26 +180,13 @@ class SpectrogramFrontend(nn.Module):
                 + " channels, samples), got "
                 + str(list(waveform.shape))
             )
-        spec = AF.spectrogram(
-            waveform.to(torch.float64),
-            pad=0,
-            window=self.window.to(torch.float64),
-            n_fft=self.n_fft,
-            hop_length=self.hop_length,
-            win_length=self.win_length,
-            power=self.power,
-            normalized=False,
-            center=self.center,
-        )
+        spec = self.spectrum(waveform)
         if self.average_frames:
             spec = spec.mean(dim=-1, keepdim=True)
-        spec = spec.to(torch.float32)
         if self._mel:
             spec = torch.matmul(spec.transpose(-1, -2), self.mel_fb.to(spec.dtype)).transpose(
                 -1, -2
             )
-        if self._crop:
-            spec = spec[:, :, self._bin_lo : self._bin_hi, :]
         if self.log:
             # 4-D input: amplitude_to_DB takes the top_db reference per example (over C, F, frames).
             top_db: float | None = None if self._top_db < 0 else self._top_db
@@ -298,6 +295,7 @@ class SpectrogramFrontend(nn.Module):
             "log": self.log,
             "top_db": self.top_db,
             "eps": self.eps,
+            "stft": self.stft_impl,
             "center": self.center,
             "average_frames": self.average_frames,
         }
@@ -321,6 +319,7 @@ def _check_settings(
     power: float,
     top_db: float | None,
     eps: float,
+    stft: str,
 ) -> None:
     """Reject settings torchaudio would accept silently but that give a useless transform."""
     problems = []
@@ -349,5 +348,7 @@ def _check_settings(
         problems.append(f"top_db must be positive or None, got {top_db}")
     if not eps > 0:
         problems.append(f"eps must be positive, got {eps}")
+    if stft not in ("torch", "conv"):
+        problems.append(f"stft must be 'torch' or 'conv', got {stft!r}")
     if problems:
         raise ValueError("invalid spectrogram settings: " + "; ".join(problems))

@@ -1,7 +1,7 @@
 """Export: the deployable module, its verified ONNX and TorchScript files, checkpoint loading.
 
-One target per file (``onnx.py``, ``torchscript.py``); a new target is one new file plus its line
-in ``folder.export_all``. The metadata every target carries comes from one builder,
+One target per file (``onnx.py``, ``torchscript.py``, ``int8.py``); a new target is one new file
+plus its line in ``folder.export_all``. The metadata every target carries comes from one builder,
 :meth:`damage_lightning.export.spec.ExportSpec.metadata`.
 """
 
@@ -14,6 +14,7 @@ from damage_lightning.export.deployable import (
     example_waveforms,
 )
 from damage_lightning.export.folder import LABELS_FILE, PREPROCESSING_FILE, export_all
+from damage_lightning.export.int8 import INT8_FILE, QuantizationData, export_int8, verify_int8
 from damage_lightning.export.onnx import ONNX_FILE, export_onnx, verify_onnx
 from damage_lightning.export.spec import ExportSpec
 from damage_lightning.export.torchscript import (
@@ -26,6 +27,7 @@ from damage_lightning.export.torchscript import (
 
 __all__ = [
     "INPUT_NAME",
+    "INT8_FILE",
     "LABELS_FILE",
     "ONNX_FILE",
     "OUTPUT_NAMES",
@@ -35,13 +37,16 @@ __all__ = [
     "DeployableModel",
     "ExportSpec",
     "ModelMetadata",
+    "QuantizationData",
     "deployable_from_checkpoint",
     "example_waveforms",
     "export_all",
+    "export_int8",
     "export_onnx",
     "export_torchscript",
     "load_from_checkpoint",
     "read_torchscript_metadata",
+    "verify_int8",
     "verify_onnx",
     "verify_torchscript",
 ]

@@ -1,4 +1,4 @@
-"""The export folder: verified ONNX and TorchScript files, labels and preprocessing facts."""
+"""The export folder: verified ONNX, TorchScript (and int8 ONNX) files, labels and preprocessing."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ from damage_lightning.export.deployable import (
     DeployableModel,
     cpu_float_copy,
 )
+from damage_lightning.export.int8 import (
+    INT8_FILE,
+    QuantizationData,
+    export_int8,
+    quantization_summary,
+    verify_int8,
+)
 from damage_lightning.export.onnx import ONNX_FILE, export_onnx, verify_onnx
 from damage_lightning.export.torchscript import (
     TORCHSCRIPT_FILE,
@@ -34,8 +41,11 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return {"path": str(path), "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
 
 
-def _export_verified(final: Path, export: Any, verify: Any) -> dict[str, Any]:
-    """Export to a staging file, verify it, and only then rename it over ``final``."""
+def _export_verified(final: Path, export: Any, verify: Any, describe: Any = None) -> dict[str, Any]:
+    """Export to a staging file, verify it, and only then rename it over ``final``.
+
+    ``describe(final)``, when given, adds entries measured on the verified file.
+    """
     staging = final.with_name(f"{TMP_PREFIX}unverified-{final.name}")
     start = time.perf_counter()
     try:
@@ -55,6 +65,8 @@ def _export_verified(final: Path, export: Any, verify: Any) -> dict[str, Any]:
     entry = _file_entry(final)
     entry["export_time_s"] = round(seconds, 3)
     entry["verification"] = verification
+    if describe is not None:
+        entry.update(describe(final))
     return entry
 
 
@@ -100,6 +112,7 @@ def export_all(
     model: DeployableModel,
     out_dir: str | os.PathLike,
     metadata: ModelMetadata,
+    int8: QuantizationData | None = None,
 ) -> dict[str, Any]:
     """Write and verify the whole export folder: ONNX, TorchScript, labels and preprocessing.
 
@@ -113,11 +126,14 @@ def export_all(
         metadata: the model's metadata (its channels and window length give the input shape);
             the ONNX file carries it as metadata props and the TorchScript file as
             ``metadata.json``.
+        int8: also write ``model.int8.onnx``, the float ONNX model's network quantised to int8
+            (``export.int8``) with these calibration and test windows.
 
     Returns:
         ``{"onnx": {"path", "sha256", "size_bytes", "export_time_s", "verification"},
         "torchscript": {...same...}, "labels": {"path", "sha256", "size_bytes"},
-        "preprocessing": {...}}`` with paths under ``out_dir`` as given.
+        "preprocessing": {...}}`` with paths under ``out_dir`` as given; with ``int8`` also
+        ``"int8": {...same..., "quantization"}``.
 
     Raises:
         ExportVerificationError: when an export does not reproduce the eager model.
@@ -137,6 +153,14 @@ def export_all(
         lambda p: export_torchscript(cpu_model, p, metadata),
         lambda p: verify_torchscript(p, cpu_model, channels, window),
     )
+    if int8 is not None:
+        float_path = out_dir / ONNX_FILE
+        result["int8"] = _export_verified(
+            out_dir / INT8_FILE,
+            lambda p: export_int8(float_path, p, int8),
+            lambda p: verify_int8(p, float_path, int8),
+            lambda p: {"quantization": quantization_summary(float_path, p, int8)},
+        )
     labels = atomic_write_json(out_dir / LABELS_FILE, metadata.class_names)
     result["labels"] = _file_entry(labels)
     spec = preprocessing_spec(cpu_model, metadata)

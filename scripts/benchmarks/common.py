@@ -43,7 +43,8 @@ class Size:
         ingest_mb: size of the generated CSV dataset in MB (CSV bytes).
         ingest_repeats: cold and warm runs each (the best one is the figure).
         train_windows: training windows per epoch the window hop aims at.
-        epochs: epochs per training run, the first being the excluded warm-up.
+        epochs: epochs per training run (every one measured: a warm-up pair runs first).
+        pairs: measured pairs of interleaved runs, ours then the plain loop.
         batch_size: training batch size.
         frontend_batch: front-end batch size.
         frontend_seconds: how long the front end is timed.
@@ -58,6 +59,7 @@ class Size:
             ``--quick`` on the CPU leaves it out unless ``--e2e`` is given).
         e2e_overrides: CLI options appended to the end-to-end run (only tiny shrinks it, onto
             the generated dataset: ``{data_dir}``).
+        gateway_seconds: length of the recording the gateway section predicts (an hour).
     """
 
     name: str
@@ -77,6 +79,8 @@ class Size:
     throughput_batch: int = 256
     e2e_overrides: tuple[str, ...] = field(default_factory=tuple)
     e2e: bool = True
+    gateway_seconds: float = 3600.0
+    pairs: int = 5
 
 
 def size_for(name: str, device: str) -> Size:
@@ -92,7 +96,8 @@ def size_for(name: str, device: str) -> Size:
             ingest_mb=3.0,
             ingest_repeats=1,
             train_windows=16,
-            epochs=2,
+            epochs=1,
+            pairs=2,
             batch_size=16,
             frontend_batch=16,
             frontend_seconds=0.2,
@@ -103,6 +108,7 @@ def size_for(name: str, device: str) -> Size:
             latency_iters=5,
             throughput_iters=1,
             throughput_batch=8,
+            gateway_seconds=60.0,
             e2e_overrides=(
                 "--trainer.max_epochs", "1",
                 "--data.data_dir", "{data_dir}", "--data.sample_rate", str(SAMPLE_RATE),
@@ -117,7 +123,7 @@ def size_for(name: str, device: str) -> Size:
             ingest_mb=1000.0,
             ingest_repeats=1 if name == "quick" else 2,
             train_windows=32768,
-            epochs=4,
+            epochs=2,
             batch_size=1024,
             frontend_batch=1024,
             frontend_seconds=2.0,
@@ -128,7 +134,7 @@ def size_for(name: str, device: str) -> Size:
             ingest_mb=100.0,
             ingest_repeats=2,
             train_windows=384,
-            epochs=3,
+            epochs=1,
             batch_size=64,
             frontend_batch=256,
             frontend_seconds=3.0,
@@ -141,7 +147,7 @@ def size_for(name: str, device: str) -> Size:
         ingest_mb=1000.0,
         ingest_repeats=2,
         train_windows=2048,
-        epochs=4,
+        epochs=2,
         batch_size=64,
         frontend_batch=256,
         frontend_seconds=5.0,

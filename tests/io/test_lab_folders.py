@@ -57,10 +57,12 @@ def test_mat_files_with_differing_variable_names_train_with_one_option(tmp_path,
     ]
     # Without the option: one clear error naming the file and the setting to use.
     with pytest.raises(SystemExit) as exc:
-        main([*args, "--run_name", "no_option"])
+        main([*args, "--run_name", "mat"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "inner_race/inner_race_0.mat" in err and "--data.variables" in err
+    # Nothing was trained, so nothing blocks running again under the same name.
+    assert not (root / "mat").exists()
     main([*args, "--data.variables", '["*_DE_time"]', "--run_name", "mat"])
     info = json.loads((root / "mat" / "model_info.json").read_text())
     assert info["input"]["channels"] == ["DE_time"]

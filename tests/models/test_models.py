@@ -360,7 +360,10 @@ def test_class_weights_from_the_datamodule_change_the_loss() -> None:
 
 def test_class_weights_without_a_datamodule_are_a_clear_error() -> None:
     model = tiny_cnn(use_class_weights=True)
-    with pytest.raises(RuntimeError, match="needs class weights from the DataModule: with DamageDataModule set data.class_weights"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"needs class weights from the DataModule: with DamageDataModule set data\.class",
+    ):
         trainer().validate(model, loader(spectrograms(N_VAL, 1)), verbose=False)
     with pytest.raises(ValueError, match="expected \\(3,\\)"):
         trainer().validate(model, datamodule=WeightedData(torch.ones(2)), verbose=False)

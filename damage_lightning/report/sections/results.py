@@ -279,7 +279,22 @@ def _export_rows(exp: ExportEntry, st: Styles) -> list[tuple[str, Any]]:
         ("sha256", Paragraph(esc(exp.sha256, 80), st.cell_mono)),
     ]
     ver = exp.verification
-    if ver:
+    if ver and ver.agreement is not None:
+        # A quantised model is judged by its decisions against the float model, not by the
+        # size of its probability differences (int8 rounding moves them by a few hundredths).
+        text = "passed" if ver.passed else "FAILED"
+        text += (
+            f": top class equal to the {value_text(ver.reference or 'float model')}'s on "
+            f"{format_percent(ver.agreement)} of {value_text(ver.test_windows)} "
+            f"{value_text(ver.test_split or 'test')} windows"
+        )
+        if as_number(ver.accuracy) is not None and as_number(ver.accuracy_reference) is not None:
+            text += (
+                f"; accuracy {format_number(ver.accuracy, 4)} against "
+                f"{format_number(ver.accuracy_reference, 4)}"
+            )
+        rows.append(("verification", text))
+    elif ver:
         text = "passed" if ver.passed else "FAILED"
         if as_number(ver.max_abs_diff) is not None:
             text += f", max |difference| {format_number(ver.max_abs_diff, 3)}"
