@@ -61,18 +61,31 @@ def conformal_threshold(
         raise ValueError("calibration scores must be finite")
     n = int(values.size)
     k = conformal_rank(n, false_alarm_rate)
-    bound = (n + 1 - k) / (n + 1)
-    met = bound <= false_alarm_rate + 1e-12
-    threshold = float(values[k - 1])
-    if not met and floor is not None:
-        threshold = max(threshold, float(floor))
+    record = threshold_record(float(values[k - 1]), false_alarm_rate, n, k)
+    if not record.met and floor is not None:
+        record.threshold = max(record.threshold, float(floor))
+    return record
+
+
+def threshold_record(
+    threshold: float, false_alarm_rate: float, n: int, rank: int
+) -> ThresholdRecord:
+    """The record of a threshold at ``rank`` of ``n`` calibration scores, with its bound.
+
+    Args:
+        threshold: the threshold.
+        false_alarm_rate: the budget it was calibrated for.
+        n: number of calibration scores.
+        rank: the threshold's rank among them (1-based).
+    """
+    bound = (n + 1 - rank) / (n + 1)
     return ThresholdRecord(
-        threshold=threshold,
+        threshold=float(threshold),
         false_alarm_rate=float(false_alarm_rate),
-        n=n,
-        rank=k,
+        n=int(n),
+        rank=int(rank),
         bound=bound,
-        met=met,
+        met=bound <= false_alarm_rate + 1e-12,
     )
 
 

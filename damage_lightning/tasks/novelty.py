@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from damage_lightning.card import NoveltyCard, ThresholdRecord
 from damage_lightning.deploy.novelty import NoveltyRule
+from damage_lightning.evaluation.conformal import threshold_record
 from damage_lightning.evaluation.detection import ScoredWindows, calibrate, evaluate
 from damage_lightning.evaluation.reference import evaluate_reference
 from damage_lightning.networks import build_backbone
@@ -380,8 +381,10 @@ class NoveltyTask(BaseTask):
         if n_w == 0 or not bool(torch.isfinite(self.net.threshold)):
             raise RuntimeError("the novelty detector is not calibrated: fit it first")
         return (
-            _record(float(self.net.threshold), self.hparams.false_alarm_rate, n_w, k_w),
-            _record(float(self.net.recording_threshold), self.recording_false_alarm_rate, n_r, k_r),
+            threshold_record(float(self.net.threshold), self.hparams.false_alarm_rate, n_w, k_w),
+            threshold_record(
+                float(self.net.recording_threshold), self.recording_false_alarm_rate, n_r, k_r
+            ),
         )
 
     @property
@@ -443,19 +446,6 @@ class NoveltyTask(BaseTask):
             frontend: the spectrogram front end.
         """
         return NoveltyDetector(frontend, self.net, self.novelty_rule().to_metadata())
-
-
-def _record(threshold: float, rate: float, n: int, rank: int) -> ThresholdRecord:
-    # The same record conformal_threshold made at calibration, rebuilt from the buffers.
-    bound = (n + 1 - rank) / (n + 1)
-    return ThresholdRecord(
-        threshold=threshold,
-        false_alarm_rate=float(rate),
-        n=n,
-        rank=rank,
-        bound=bound,
-        met=bound <= rate + 1e-12,
-    )
 
 
 def _recordings(batch: Any) -> Tensor:

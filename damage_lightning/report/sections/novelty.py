@@ -10,25 +10,24 @@ from __future__ import annotations
 from typing import Any
 
 from reportlab.lib.units import cm
-from reportlab.platypus import CondPageBreak, LongTable, PageBreak, Paragraph, TableStyle
+from reportlab.platypus import CondPageBreak, LongTable, PageBreak, Paragraph
 
 from damage_lightning.card import DetectorResults, NoveltyCard, ThresholdRecord
 from damage_lightning.evaluation.conformal import scores_needed
 from damage_lightning.report.figures import FigureFile
 from damage_lightning.report.layout import (
     FRAME_W,
-    GRID,
     NAME_MAX,
     WARN_BG,
     ZEBRA,
     Styles,
-    esc,
     figure_flowables,
     kv_table,
     table,
 )
 from damage_lightning.report.record import RunRecord
 from damage_lightning.report.sections import HEADINGS
+from damage_lightning.report.sections.overview import headline_cells
 from damage_lightning.report.text import clean_text, format_number, format_percent
 
 
@@ -48,24 +47,7 @@ def headline(novelty: NoveltyCard, st: Styles) -> LongTable | Paragraph:
         (_rate(win.false_alarm_rate), "false alarms, healthy test windows"),
         (format_number(rec.roc_auc), "recording-level ROC AUC"),
     ]
-    out = LongTable(
-        [
-            [Paragraph(esc(v), st.metric_value) for v, _ in cells],
-            [Paragraph(esc(lbl), st.metric_label) for _, lbl in cells],
-        ],
-        colWidths=[FRAME_W / 3] * 3,
-    )
-    out.setStyle(
-        TableStyle(
-            [
-                *(("BOX", (i, 0), (i, -1), 0.8, GRID) for i in range(3)),
-                ("BACKGROUND", (0, 0), (-1, -1), ZEBRA),
-                ("TOPPADDING", (0, 0), (-1, 0), 10),
-                ("BOTTOMPADDING", (0, -1), (-1, -1), 10),
-            ]
-        )
-    )
-    return out
+    return headline_cells(cells, st)
 
 
 def _threshold_text(t: ThresholdRecord) -> str:

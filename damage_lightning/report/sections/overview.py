@@ -74,11 +74,23 @@ def _run_rows(record: RunRecord, facts: dict[str, Any]) -> list[tuple[str, Any]]
 
 
 def _headline(test: dict[str, Any], st: Styles) -> LongTable:
-    cells = [
-        (format_percent(test.get("accuracy")), "test accuracy"),
-        (format_number(test.get("f1_macro")), "test macro F1"),
-        (format_number(test.get("loss")), "test loss"),
-    ]
+    return headline_cells(
+        [
+            (format_percent(test.get("accuracy")), "test accuracy"),
+            (format_number(test.get("f1_macro")), "test macro F1"),
+            (format_number(test.get("loss")), "test loss"),
+        ],
+        st,
+    )
+
+
+def headline_cells(cells: list[tuple[str, str]], st: Styles) -> LongTable:
+    """The title page's three boxed numbers with their labels.
+
+    Args:
+        cells: three ``(value, label)`` pairs.
+        st: the report styles.
+    """
     table = LongTable(
         [
             [Paragraph(esc(v), st.metric_value) for v, _ in cells],
