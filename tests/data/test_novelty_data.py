@@ -131,3 +131,21 @@ def test_a_healthy_label_that_is_not_in_the_data_is_named(monitoring: Path, tmp_
     dm = DamageDataModule(str(monitoring), healthy_label="normal", cache_dir=str(tmp_path), **DATA)
     with pytest.raises(DataValidationError, match=r"healthy_label 'normal' is not a label"):
         _ = dm.class_names
+
+
+@pytest.mark.parametrize("stft", ["torch", "conv"])
+def test_welch_front_end_is_the_log_mean_power_of_the_frames_inside_the_window(stft: str) -> None:
+    import torch
+
+    from damage_lightning.data.frontend import SpectrogramFrontend
+
+    fe = SpectrogramFrontend(1024.0, 2, kind="stft", n_fft=128, hop_length=32, top_db=None,
+                             center=False, average_frames=True, stft=stft)  # fmt: skip
+    x = torch.randn(3, 2, 1024, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = fe(x.float())
+    assert tuple(out.shape) == (3, *fe.output_shape(1024)) == (3, 2, 65, 1)
+    window = torch.hann_window(128, dtype=torch.float64)
+    frames = torch.stack([x[..., s : s + 128] for s in range(0, 1024 - 128 + 1, 32)])  # 29
+    power = (torch.fft.rfft(frames * window, dim=-1).abs() ** 2).mean(dim=0)
+    expected = 10 * torch.log10(power.clamp(min=1e-10))
+    torch.testing.assert_close(out[..., 0].double(), expected, atol=1e-3, rtol=0)
