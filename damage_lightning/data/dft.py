@@ -83,6 +83,8 @@ class TorchSTFT(nn.Module):
         return spec
 
 
+# ConvSTFT repeats TorchSTFT's constructor and Args on purpose: both are built by make_stft
+# from the same settings and must stay interchangeable, argument for argument.
 class ConvSTFT(nn.Module):
     """The same spectrum as :class:`TorchSTFT`, as a strided convolution with a DFT basis.
 
