@@ -191,10 +191,110 @@ class ClassMetrics(JsonRecord):
 
 
 @dataclass(kw_only=True)
+class LevelMetrics(JsonRecord):
+    """Test metrics of one decision level (recordings or groups), from the top class of each.
+
+    ``unknown``, ``coverage`` (decided share) and ``accuracy_decided`` (accuracy of the decided
+    ones) describe the abstain floor ``abstain`` (null: the model never abstains).
+    """
+
+    n: int
+    accuracy: float | None
+    f1_macro: float | None
+    per_class: dict[str, ClassMetrics] | None = None
+    confusion_matrix: list[list[int]] | None = None
+    unknown: int = 0
+    coverage: float | None = None
+    accuracy_decided: float | None = None
+    abstain: float | None = None
+
+
+@dataclass(kw_only=True)
+class RecordingOutcomeRow(JsonRecord):
+    """One test recording's decision against its true class (the report's table)."""
+
+    name: str
+    label: str
+    predicted: str
+    decision: str
+    confidence: float
+    agreement: float
+    n_windows: int
+    correct: bool
+
+
+@dataclass(kw_only=True)
+class CoveragePoint(JsonRecord):
+    """Accuracy of the decided recordings when those below ``floor`` are unknown."""
+
+    floor: float
+    coverage: float
+    accuracy: float
+
+
+@dataclass(kw_only=True)
+class RecordingLevel(JsonRecord):
+    """``test_metrics.recording``: decisions per recording (and group) with ``aggregation``.
+
+    ``table`` lists the test recordings worst first (wrong, then least confident).
+    """
+
+    aggregation: str
+    recording: LevelMetrics
+    group: LevelMetrics | None = None
+    table: list[RecordingOutcomeRow]
+    coverage_curve: list[CoveragePoint]
+
+
+@dataclass(kw_only=True)
+class ReliabilityBin(JsonRecord):
+    """One confidence bin ``[lo, hi)`` of a reliability diagram."""
+
+    lo: float
+    hi: float
+    confidence: float
+    accuracy: float
+    count: int
+
+
+@dataclass(kw_only=True)
+class CalibrationFigures(JsonRecord):
+    """Expected calibration error (15 bins), Brier score, NLL and the reliability bins."""
+
+    ece: float
+    brier: float
+    nll: float
+    reliability: list[ReliabilityBin]
+
+
+@dataclass(kw_only=True)
+class CalibrationFit(JsonRecord):
+    """The temperature fitted after training, and the NLL of the split it was fitted on."""
+
+    temperature: float
+    split: str
+    val_windows: int
+    val_nll_before: float
+    val_nll_after: float
+
+
+@dataclass(kw_only=True)
+class CalibrationCard(JsonRecord):
+    """``test_metrics.calibration``: the test windows before (``T = 1``) and after scaling."""
+
+    temperature: float
+    n_windows: int
+    before: CalibrationFigures
+    after: CalibrationFigures
+    fit: CalibrationFit | None = None
+
+
+@dataclass(kw_only=True)
 class EvaluationMetrics(JsonRecord):
     """``test_metrics`` of the best checkpoint; the matrix's rows are the true classes.
 
-    (Not called ``TestMetrics``: pytest would take that name for a test class.)
+    The window-level figures, plus the calibration and the recording-level verdicts where the
+    task gives them. (Not called ``TestMetrics``: pytest would take that name for a test class.)
     """
 
     loss: float | None
@@ -202,6 +302,8 @@ class EvaluationMetrics(JsonRecord):
     f1_macro: float | None
     per_class: dict[str, ClassMetrics] | None = None
     confusion_matrix: list[list[int]] | None = None
+    calibration: CalibrationCard | None = None
+    recording: RecordingLevel | None = None
 
 
 @dataclass(kw_only=True)

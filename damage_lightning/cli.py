@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -382,6 +383,8 @@ class DamageCLI(LightningCLI):
             if isinstance(cb, ModelCheckpoint) and cb.best_model_path:
                 best = cb.best_model_path
                 break
+        if getattr(model.hparams, "calibrate", False):
+            _calibrate_checkpoint(trainer, model, dm, best)
         trainer.test(model, datamodule=dm, ckpt_path=best or None)
         if not trainer.is_global_zero:
             return
@@ -417,6 +420,38 @@ class DamageCLI(LightningCLI):
         self.trainer._export_dir = self.config["export"].output  # type: ignore[attr-defined]
         kwargs["quantize"] = kwargs.get("quantize") or self.config["export"].export.quantize
         self.trainer.export(**kwargs)
+
+
+def _calibrate_checkpoint(trainer: Trainer, model: Any, dm: DamageDataModule, best: str) -> None:
+    """Fit the temperature of the best weights on the validation split, into ``best.ckpt``.
+
+    ``test`` and the exports then use the calibrated model; every rank fits the same
+    temperature (each sees the whole validation split), rank zero rewrites the file.
+    """
+    import torch
+
+    from damage_lightning.artifacts import atomic_write_bytes
+
+    checkpoint = None
+    if best:
+        checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+        state = checkpoint["state_dict"]
+        state.setdefault("temperature", torch.ones(()))
+        model.load_state_dict(state)
+    try:
+        fit = model.calibrate(dm)
+    except ValueError as exc:  # no validation windows: the model stays uncalibrated
+        print(f"calibration skipped: {exc}")
+        return
+    print(
+        f"calibration: temperature {fit['temperature']:.3f} (validation NLL "
+        f"{fit['val_nll_before']:.4f} -> {fit['val_nll_after']:.4f})"
+    )
+    if checkpoint is not None and trainer.is_global_zero:
+        checkpoint["state_dict"]["temperature"] = model.temperature.detach().cpu().clone()
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(Path(best), buffer.getvalue())
 
 
 def _data_command(argv: list[str]) -> int:

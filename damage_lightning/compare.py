@@ -100,7 +100,7 @@ class RunSummary:
         times = [e.epoch_time_s for e in epochs if e.epoch_time_s is not None]
         test = card.test_metrics
         # Recording-level test metrics, where a card carries them (``test_metrics.recording``).
-        recording = (test.extra.get("recording") if test else None) or {}
+        level = test.recording.recording if test and test.recording else None
         onnx = (card.exports or {}).get("onnx")
         results = {
             "params": card.model.parameters,
@@ -111,8 +111,8 @@ class RunSummary:
             "test_loss": test.loss if test else None,
             "test_acc_window": test.accuracy if test else None,
             "test_f1_window": test.f1_macro if test else None,
-            "test_acc_recording": recording.get("accuracy"),
-            "test_f1_recording": recording.get("f1_macro"),
+            "test_acc_recording": level.accuracy if level else None,
+            "test_f1_recording": level.f1_macro if level else None,
             "epoch_time_s": sum(times) / len(times) if times else None,
             "duration_s": card.duration_s,
         }

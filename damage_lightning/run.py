@@ -251,32 +251,33 @@ def write_predictions(
         from damage_lightning.evaluation.scores_file import write_novelty_predictions
 
         return write_novelty_predictions(outputs, datamodule.predict_recordings(), model, out_dir)
+    from damage_lightning.deploy.decision import WindowSums, decide
     from damage_lightning.deploy.predict import (
         RECORDING_COLUMNS,
-        aggregate_windows,
         recording_row,
         to_csv_bytes,
+        window_rows,
     )
 
     names = datamodule.class_names
+    hparams = getattr(model, "hparams", {})
+    rule = hparams.get("aggregation", "mean_log_prob")
+    abstain = hparams.get("abstain")
     recordings = datamodule.predict_recordings()
     probs = torch.cat([o["probabilities"] for o in outputs]).double().numpy()
     rec = torch.cat([o["recording"] for o in outputs]).numpy()
     start = torch.cat([o["start"] for o in outputs]).numpy()
-    windows = pd.DataFrame(
-        {
-            "recording": [recordings[r][0] for r in rec],
-            "label": [recordings[r][1] or "" for r in rec],
-            "start": start,
-            "predicted": [names[i] for i in probs.argmax(axis=1)],
-        }
-    )
-    for i, c in enumerate(names):
-        windows[f"p_{c}"] = probs[:, i]
-    rows = [
-        recording_row(recordings[r][0], recordings[r][1], aggregate_windows(probs[rec == r]), names)
-        for r in sorted(set(rec.tolist()), key=lambda r: recordings[r][0])
-    ]
+    order = sorted(set(rec.tolist()), key=lambda r: recordings[r][0])
+    window_parts, rows = [], []
+    for r in sorted(set(rec.tolist())):
+        path, label = recordings[r]
+        mask = rec == r
+        window_parts.append(window_rows(path, label, [(start[mask], probs[mask])], names, abstain))
+    for r in order:
+        path, label = recordings[r]
+        decision = decide(WindowSums.of(probs[rec == r]), rule, abstain)
+        rows.append(recording_row(path, label, decision, names))
+    windows = pd.concat(window_parts, ignore_index=True)
     per_rec = pd.DataFrame(rows, columns=[*RECORDING_COLUMNS, *(f"p_{c}" for c in names)])
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "predictions.csv", out_dir / "recording_predictions.csv"]

@@ -479,8 +479,8 @@ class DamageDataModule(pl.LightningDataModule):
         return self._loader("val", shuffle=False, with_positions=self.novelty)
 
     def test_dataloader(self) -> WindowBatchLoader:
-        """Test windows, in order (for novelty detection with recording and start)."""
-        return self._loader("test", shuffle=False, with_positions=self.novelty)
+        """Test windows, in order, with their recording and start (recording-level verdicts)."""
+        return self._loader("test", shuffle=False, with_positions=True)
 
     def waveform_windows(self, split: str) -> WindowBatchLoader:
         """Raw waveform windows of ``split`` in order, on the CPU, with recording and start.

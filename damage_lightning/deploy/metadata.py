@@ -28,6 +28,11 @@ RESERVED_KEYS = (
     "damage_lightning_version",
 )
 MODEL_CLASS_KEY = "model_class_path"
+#: Extra entries of a classifier: the per-recording aggregation rule, the abstain floor
+#: (JSON number or null) and the temperature applied inside the model (JSON number).
+AGGREGATION_KEY = "aggregation"
+ABSTAIN_KEY = "abstain"
+TEMPERATURE_KEY = "temperature"
 
 
 def json_text(obj: Any) -> str:

@@ -2,8 +2,9 @@
 
 The same discovery, readers, validation, resampling and windowing as training and ``predict``
 (``damage_lightning.io``); windows are scored a batch at a time, so a long recording never has
-all its windows in memory. The per-recording rule (mean of the window probabilities) lives in
-:func:`aggregate`, which the pipeline's ``predict`` uses as well.
+all its windows in memory. The per-recording decision (the model's aggregation rule and abstain
+floor, both in its metadata) is :func:`damage_lightning.deploy.decision.decide`, which the test
+split's recording-level metrics and the pipeline's ``predict`` use as well.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from damage_lightning.deploy.decision import (
+    Decision,
+    WindowSums,
+    check_abstain,
+    check_aggregation,
+    decide,
+    window_unknown,
+)
+from damage_lightning.deploy.metadata import ABSTAIN_KEY, AGGREGATION_KEY, ModelMetadata
 from damage_lightning.deploy.novelty import is_novelty, predict_novelty
 from damage_lightning.deploy.session import OnnxModel
 from damage_lightning.errors import DataValidationError, Problem
@@ -23,60 +33,44 @@ from damage_lightning.io.readers.base import ReaderOptions
 from damage_lightning.io.windows import window_batches
 
 #: Columns of a per-recording table, before one ``p_<class>`` column per class.
-RECORDING_COLUMNS = ("path", "label", "predicted_label", "n_windows", "agreement")
+#: ``predicted_label`` is the top class; ``decision`` is it or ``unknown`` (abstain floor).
+RECORDING_COLUMNS = (
+    "path",
+    "label",
+    "predicted_label",
+    "decision",
+    "confidence",
+    "n_windows",
+    "agreement",
+)
 
 
-@dataclass
-class Aggregate:
-    """The decision for one recording from its windows.
+def decision_rule(meta: ModelMetadata) -> tuple[str, float | None]:
+    """The model's aggregation rule and abstain floor, from its metadata.
 
-    Args:
-        probabilities: mean window probability per class.
-        predicted: index of the predicted class.
-        n_windows: windows scored.
-        agreement: share of windows whose own top class is the predicted one.
+    Models exported before recording-level decisions were recorded averaged the window
+    probabilities and never abstained.
     """
-
-    probabilities: np.ndarray
-    predicted: int
-    n_windows: int
-    agreement: float
-
-
-def aggregate(probability_sum: np.ndarray, top_counts: np.ndarray, n_windows: int) -> Aggregate:
-    """The per-recording decision from the sum of window probabilities and top-class counts.
-
-    Sums rather than the windows themselves, so the decision can be accumulated a batch at a
-    time.
-
-    Args:
-        probability_sum: ``(K,)`` sum over windows of the class probabilities.
-        top_counts: ``(K,)`` how many windows had each class as their top class.
-        n_windows: number of windows (at least one).
-    """
-    mean = np.asarray(probability_sum, dtype=np.float64) / n_windows
-    best = int(np.argmax(mean))
-    return Aggregate(mean, best, n_windows, float(top_counts[best]) / n_windows)
+    rule = check_aggregation(meta.extra.get(AGGREGATION_KEY, "mean_prob"))
+    text = meta.extra.get(ABSTAIN_KEY)
+    floor = None if text in (None, "", "null") else check_abstain(float(text))
+    return rule, floor
 
 
-def aggregate_windows(probabilities: np.ndarray) -> Aggregate:
-    """:func:`aggregate` of a recording's ``(n_windows, K)`` window probabilities."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    k = probabilities.shape[1]
-    counts = np.bincount(probabilities.argmax(axis=1), minlength=k)
-    return aggregate(probabilities.sum(axis=0), counts, len(probabilities))
-
-
-def recording_row(path: str, label: str | None, agg: Aggregate, class_names: list[str]) -> dict:
+def recording_row(path: str, label: str | None, decision: Decision, class_names: list[str]) -> dict:
     """One row of the per-recording table (:data:`RECORDING_COLUMNS` and ``p_<class>``)."""
     row = {
         "path": path,
         "label": label or "",
-        "predicted_label": class_names[agg.predicted],
-        "n_windows": agg.n_windows,
-        "agreement": agg.agreement,
+        "predicted_label": class_names[decision.predicted],
+        "decision": decision.label(class_names),
+        "confidence": decision.confidence,
+        "n_windows": decision.n_windows,
+        "agreement": decision.agreement,
     }
-    row.update({f"p_{c}": float(p) for c, p in zip(class_names, agg.probabilities, strict=True)})
+    row.update(
+        {f"p_{c}": float(p) for c, p in zip(class_names, decision.probabilities, strict=True)}
+    )
     return row
 
 
@@ -86,8 +80,7 @@ class Predictions:
 
     Args:
         recordings: one row per recording (:data:`RECORDING_COLUMNS`, ``p_<class>``).
-        windows: one row per window (``recording``, ``label``, ``start``, ``predicted``,
-            ``p_<class>``) when asked for, else ``None``.
+        windows: one row per window (:func:`window_rows`) when asked for, else ``None``.
     """
 
     recordings: pd.DataFrame
@@ -96,7 +89,7 @@ class Predictions:
 
 def score_recording(
     model: OnnxModel, waveform: np.ndarray, hop: int, batch_size: int, keep: bool = False
-) -> tuple[Aggregate, list[tuple[np.ndarray, np.ndarray]]]:
+) -> tuple[Decision, list[tuple[np.ndarray, np.ndarray]]]:
     """Score one recording's windows a batch at a time.
 
     Args:
@@ -107,20 +100,18 @@ def score_recording(
         keep: also return every batch's ``(starts, probabilities)``.
 
     Returns:
-        The aggregate, and the batches (empty unless ``keep``).
+        The decision (the model's aggregation rule and abstain floor), and the batches (empty
+        unless ``keep``).
     """
     meta = model.metadata
-    k = len(meta.class_names)
-    total, counts, n = np.zeros(k), np.zeros(k, dtype=np.int64), 0
+    sums = WindowSums(len(meta.class_names))
     batches = []
     for starts, windows in window_batches(waveform, meta.window_length, hop, batch_size):
         probs = model.run(windows)["probabilities"].astype(np.float64)
-        total += probs.sum(axis=0)
-        counts += np.bincount(probs.argmax(axis=1), minlength=k)
-        n += len(starts)
+        sums.add(probs)
         if keep:
             batches.append((starts, probs))
-    return aggregate(total, counts, n), batches
+    return decide(sums, *decision_rule(meta)), batches
 
 
 def predict(
@@ -167,28 +158,47 @@ def predict(
         raise DataValidationError(problems)
     if is_novelty(meta):
         return predict_novelty(model, loaded, hop, batch_size, keep_windows)
+    floor = decision_rule(meta)[1]
     rows, window_parts = [], []
     for spec, waveform in loaded:
-        agg, batches = score_recording(model, waveform, hop, batch_size, keep_windows)
-        rows.append(recording_row(spec.relpath, spec.label, agg, meta.class_names))
+        decision, batches = score_recording(model, waveform, hop, batch_size, keep_windows)
+        rows.append(recording_row(spec.relpath, spec.label, decision, meta.class_names))
         if keep_windows:
-            window_parts.append(_window_rows(spec, batches, meta.class_names))
+            window_parts.append(
+                window_rows(spec.relpath, spec.label, batches, meta.class_names, floor)
+            )
     columns = [*RECORDING_COLUMNS, *(f"p_{c}" for c in meta.class_names)]
     windows = pd.concat(window_parts, ignore_index=True) if keep_windows and window_parts else None
     return Predictions(pd.DataFrame(rows, columns=columns), windows)
 
 
-def _window_rows(
-    spec: RecordingSpec, batches: list[tuple[np.ndarray, np.ndarray]], class_names: list[str]
+def window_rows(
+    path: str,
+    label: str | None,
+    batches: list[tuple[np.ndarray, np.ndarray]],
+    class_names: list[str],
+    abstain: float | None = None,
 ) -> pd.DataFrame:
+    """One row per window: ``recording``, ``label``, ``start``, ``predicted``, ``unknown``, ``p_*``.
+
+    ``unknown``: the window's top probability is below the abstain floor.
+
+    Args:
+        path: the recording.
+        label: its true class, when known.
+        batches: ``(starts, probabilities)`` per scored batch.
+        class_names: class names in output order.
+        abstain: the model's abstain floor, or ``None``.
+    """
     starts = np.concatenate([s for s, _ in batches])
     probs = np.concatenate([p for _, p in batches])
     frame = pd.DataFrame(
         {
-            "recording": spec.relpath,
-            "label": spec.label or "",
+            "recording": path,
+            "label": label or "",
             "start": starts,
             "predicted": [class_names[i] for i in probs.argmax(axis=1)],
+            "unknown": window_unknown(probs, abstain),
         }
     )
     for i, c in enumerate(class_names):

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 INPUT_NAME = "waveform"
 OUTPUT_NAMES = ("logits", "probabilities")
+#: Outputs of a model with an abstain floor: also whether each window is ``unknown``.
+ABSTAIN_OUTPUT_NAMES = ("logits", "probabilities", "unknown")
 
 
 class DeployableModel(nn.Module):
@@ -25,18 +27,29 @@ class DeployableModel(nn.Module):
         frontend: maps waveform windows ``(B, C, window)`` to features, e.g. a normalised log
             spectrogram ``(B, C, F, T)``.
         net: maps those features to logits ``(B, K)``.
+        temperature: the calibration temperature dividing the logits (1: none).
     """
 
     output_names = OUTPUT_NAMES
     # Plain Python data for the export metadata, not part of the scripted graph.
     __jit_ignored_attributes__: ClassVar[list[str]] = ["metadata_extra"]
 
-    def __init__(self, frontend: nn.Module, net: nn.Module):
+    temperature: Tensor
+
+    def __init__(self, frontend: nn.Module, net: nn.Module, temperature: float = 1.0):
         super().__init__()
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         self.frontend = frontend
         self.net = net
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
         #: Entries a task adds to the export metadata (``ExportSpec.metadata(**extra)``).
         self.metadata_extra: dict[str, Any] = {}
+
+    def scores(self, waveform: Tensor) -> tuple[Tensor, Tensor]:
+        """Calibrated ``(logits, probabilities)`` of waveform windows (see :meth:`forward`)."""
+        logits = self.net(self.frontend(waveform)).float() / self.temperature
+        return logits, torch.softmax(logits, dim=-1)
 
     def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor]:
         """Classify waveform windows.
@@ -45,11 +58,44 @@ class DeployableModel(nn.Module):
             waveform: float32 ``(B, C, window)``.
 
         Returns:
-            ``(logits, probabilities)``, both float32 ``(B, K)``; probabilities are the softmax of
-            the logits (cast to float32 first when the network runs at lower precision).
+            ``(logits, probabilities)``, both float32 ``(B, K)``: the network's logits divided
+            by the temperature (cast to float32 first when the network runs at lower
+            precision) and their softmax, the calibrated probabilities.
         """
-        logits = self.net(self.frontend(waveform)).float()
-        return logits, torch.softmax(logits, dim=-1)
+        return self.scores(waveform)
+
+
+class AbstainingModel(DeployableModel):
+    """A :class:`DeployableModel` that also says which windows it does not decide.
+
+    Args:
+        frontend: the front end.
+        net: the network.
+        temperature: the calibration temperature.
+        abstain: calibrated probability floor: a window whose top probability is below it is
+            ``unknown``.
+    """
+
+    output_names = ABSTAIN_OUTPUT_NAMES
+
+    abstain: Tensor
+
+    def __init__(
+        self, frontend: nn.Module, net: nn.Module, temperature: float = 1.0, abstain: float = 0.5
+    ):
+        super().__init__(frontend, net, temperature)
+        if not 0.0 < abstain < 1.0:
+            raise ValueError(f"abstain must be a probability floor in (0, 1), got {abstain!r}")
+        self.register_buffer("abstain", torch.tensor(float(abstain)))
+
+    def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        """``(logits, probabilities, unknown)``; ``unknown`` is boolean ``(B,)``.
+
+        Args:
+            waveform: float32 ``(B, C, window)``.
+        """
+        logits, probabilities = self.scores(waveform)
+        return logits, probabilities, probabilities.amax(dim=-1) < self.abstain
 
 
 def device_of(model: nn.Module) -> torch.device:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +23,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from damage_lightning.deploy.decision import Aggregation, check_abstain, check_aggregation
 from damage_lightning.networks import build_backbone
 from damage_lightning.tasks.base import BaseTask
 
@@ -78,6 +80,15 @@ class ClassificationTask(BaseTask):
     per class index ``i``. ``val_results``/``test_results`` hold the last epoch's numbers as
     plain Python, keyed by class name.
 
+    Verdicts are per recording: the test split's windows are decided per recording (and per
+    group) with ``aggregation`` (``deploy.decision``), scored, and logged as
+    ``test_acc_recording``/``test_f1_recording``; ``test_results["recording"]`` holds them, the
+    worst-first table and the coverage curve. After training, :meth:`calibrate` fits a
+    temperature on the validation split (``calibrate``); it is a buffer of the checkpoint,
+    divides the logits of the exported model, and ``test_results["calibration"]`` gives ECE,
+    Brier score and NLL before and after. With ``abstain`` a recording (or window) whose
+    calibrated confidence is below the floor is ``unknown``, in ``predict`` and in the export.
+
     Args:
         backbone: a registered backbone name (``cnn``, ``resnet``; see
             ``damage_lightning.networks.register_backbone``).
@@ -89,6 +100,11 @@ class ClassificationTask(BaseTask):
         use_class_weights: weight the cross-entropy by the DataModule's inverse-frequency
             class weights (for imbalanced classes).
         label_smoothing: label smoothing of the cross-entropy, in ``[0, 1)``.
+        aggregation: how a recording's windows are decided: ``mean_log_prob`` (normalised
+            geometric mean of the window probabilities), ``mean_prob`` or ``vote``.
+        abstain: calibrated probability floor: a recording (or window) whose confidence is
+            below it is ``unknown`` instead of its top class; ``None`` never abstains.
+        calibrate: fit temperature scaling on the validation split after training.
         **kwargs: the arguments of :class:`~damage_lightning.tasks.base.BaseTask`
             (``in_channels``, ``input_shape``, ``lr``, ``optimizer``, ...).
     """
@@ -102,16 +118,26 @@ class ClassificationTask(BaseTask):
         class_names: list[str] | None = None,
         use_class_weights: bool = False,
         label_smoothing: float = 0.0,
+        aggregation: Aggregation = "mean_log_prob",
+        abstain: float | None = None,
+        calibrate: bool = True,
         **kwargs: Any,
     ) -> None:
         _check_classification_arguments(dropout, num_classes, class_names, label_smoothing)
+        check_aggregation(aggregation)
+        check_abstain(abstain)
         # Kept as attributes (as torchgeo keeps `weights`): subclasses that fix the backbone
         # leave these out of their saved hyperparameters (see `ignore`).
         self.backbone_name = backbone
         self.backbone_args = dict(backbone_args or {})
         super().__init__(**kwargs)
+        #: Temperature dividing the logits (1 until :meth:`calibrate`); saved in checkpoints.
+        self.register_buffer("temperature", torch.ones(()))
         self.val_results: dict[str, Any] = {}
         self.test_results: dict[str, Any] = {}
+        #: What :meth:`calibrate` fitted (``None`` before).
+        self.calibration_fit: dict[str, Any] | None = None
+        self._test_outputs: list[tuple[Tensor, Tensor, Tensor]] = []
 
     # ---------------------------------------------------------------------- override points
     def configure_models(self) -> None:
@@ -232,6 +258,9 @@ class ClassificationTask(BaseTask):
         loss = self.criterion(logits, y)
         getattr(self, f"{stage}_loss_mean").update(loss.detach(), y.shape[0])
         getattr(self, f"{stage}_metrics").update(logits.detach().argmax(dim=-1), y)
+        if stage == "test" and len(batch) > 2:
+            # Raw logits: the calibration figures compare T = 1 with the fitted temperature.
+            self._test_outputs.append((logits.detach().float().cpu(), y.cpu(), batch[2].cpu()))
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -261,11 +290,11 @@ class ClassificationTask(BaseTask):
             dataloader_idx: index of the predict loader.
 
         Returns:
-            ``logits``, ``probabilities`` (softmax, float32), ``predicted`` (argmax) and the
-            batch's ``label``, ``recording`` and ``start``.
+            ``logits`` (divided by the temperature), ``probabilities`` (their softmax, float32),
+            ``predicted`` (argmax) and the batch's ``label``, ``recording`` and ``start``.
         """
         x, label, recording, start = batch[0], batch[1], batch[2], batch[3]
-        logits = self(x).float()
+        logits = self(x).float() / self.temperature
         probabilities = logits.softmax(dim=-1)
         return {
             "logits": logits.cpu(),
@@ -283,9 +312,152 @@ class ClassificationTask(BaseTask):
         if not self.trainer.sanity_checking:
             self.val_results = results
 
+    def on_test_epoch_start(self) -> None:
+        """Start collecting the test windows' logits, labels and recordings."""
+        self._test_outputs = []
+
     def on_test_epoch_end(self) -> None:
-        """Log ``test_loss``, ``test_acc``, ``test_f1``, per-class metrics; set ``test_results``."""
-        self.test_results = self._evaluation_epoch_end("test")
+        """Log window- and recording-level test metrics; set ``test_results``.
+
+        ``test_results`` adds ``calibration`` (ECE, Brier, NLL and reliability bins before and
+        after the temperature) and ``recording`` (per-recording and per-group metrics with the
+        aggregation rule and abstain floor, the worst-first table, the coverage curve) when the
+        test batches carry their recordings.
+        """
+        results = self._evaluation_epoch_end("test")
+        if self._test_outputs:
+            results.update(self._verdicts())
+            recording = results["recording"]["recording"]
+            for name, value in (
+                ("test_acc_recording", recording["accuracy"]),
+                ("test_f1_recording", recording["f1_macro"]),
+            ):
+                self.log(name, value, on_step=False, on_epoch=True, prog_bar=False)
+        self._test_outputs = []
+        self.test_results = results
+
+    def _verdicts(self) -> dict[str, Any]:
+        from damage_lightning.evaluation.calibration import calibration_summary, softmax
+        from damage_lightning.evaluation.recording import evaluate_recordings
+
+        logits, labels, recordings = (
+            self._gathered(torch.cat([o[i] for o in self._test_outputs])) for i in range(3)
+        )
+        temperature = float(self.temperature)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        specs = getattr(getattr(datamodule, "dataset", None), "recordings", None)
+        names = [r.relpath for r in specs] if specs else None
+        if names is None or int(recordings.max()) >= len(names):
+            names = [f"recording_{i}" for i in range(int(recordings.max()) + 1)]
+            groups = None
+        else:
+            groups = [r.group for r in specs]
+        recording = evaluate_recordings(
+            softmax(logits, temperature),
+            labels,
+            recordings,
+            names,
+            self.class_names,
+            rule=self.hparams.aggregation,
+            abstain=self.hparams.abstain,
+            groups=groups,
+        )
+        calibration = calibration_summary(logits, labels, temperature)
+        calibration["fit"] = self.calibration_fit
+        return {"calibration": calibration, "recording": recording}
+
+    def _gathered(self, values: Tensor) -> np.ndarray:
+        # Every rank tested its share of the windows; the verdicts need all of them.
+        if self.trainer is not None and self.trainer.world_size > 1:
+            values = self.all_gather(values.to(self.device)).flatten(0, 1)
+        return values.cpu().numpy()
+
+    # ---------------------------------------------------------------------------- calibration
+    @torch.no_grad()
+    def validation_logits(self, datamodule: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The network's raw logits and the labels of every validation window.
+
+        Args:
+            datamodule: a DamageDataModule set up for fit (its front end fitted).
+        """
+        from damage_lightning.export.deployable import device_of
+
+        device = self.temperature.device
+        frontend_device = device_of(datamodule.frontend)
+        was_training = self.training
+        self.eval()
+        logits, labels = [], []
+        try:
+            for batch in datamodule.val_dataloader():
+                batch = [b.to(frontend_device) if isinstance(b, Tensor) else b for b in batch]
+                x, y = datamodule.on_after_batch_transfer(batch, 0)[:2]
+                logits.append(self(x.to(device)).float().cpu())
+                labels.append(y.cpu())
+        finally:
+            self.train(was_training)
+        if not logits:
+            raise ValueError("calibration needs validation windows; the validation split is empty")
+        return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+    def calibrate(self, datamodule: Any) -> dict[str, Any]:
+        """Fit the temperature on the validation split; set the buffer; return what was fitted.
+
+        The network must hold the weights to be deployed (the best checkpoint's).
+
+        Args:
+            datamodule: the DamageDataModule the task was trained on.
+
+        Returns:
+            ``temperature``, ``val_windows`` and the validation NLL ``val_nll_before`` and
+            ``val_nll_after``.
+        """
+        from damage_lightning.evaluation.calibration import fit_temperature, nll
+
+        logits, labels = self.validation_logits(datamodule)
+        temperature = fit_temperature(logits, labels)
+        self.temperature.fill_(temperature)
+        self.calibration_fit = {
+            "temperature": temperature,
+            "split": "val",
+            "val_windows": len(labels),
+            "val_nll_before": nll(logits, labels, 1.0),
+            "val_nll_after": nll(logits, labels, temperature),
+        }
+        return self.calibration_fit
+
+    # ----------------------------------------------------------------------------- export
+    def deployable(self, frontend: nn.Module) -> nn.Module:
+        """Front end, network and temperature in one module (window ``unknown`` with abstain).
+
+        Args:
+            frontend: the spectrogram front end the network was trained behind.
+        """
+        from damage_lightning.deploy.metadata import ABSTAIN_KEY, AGGREGATION_KEY, TEMPERATURE_KEY
+        from damage_lightning.export.deployable import AbstainingModel, DeployableModel
+
+        temperature = float(self.temperature)
+        abstain = self.hparams.abstain
+        if abstain is None:
+            module = DeployableModel(frontend, self.net, temperature=temperature)
+        else:
+            module = AbstainingModel(frontend, self.net, temperature=temperature, abstain=abstain)
+        module.metadata_extra = {
+            AGGREGATION_KEY: self.hparams.aggregation,
+            ABSTAIN_KEY: abstain,
+            TEMPERATURE_KEY: temperature,
+        }
+        return module
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints written before calibration existed load with temperature 1.
+
+        Args:
+            checkpoint: the checkpoint dictionary Lightning loaded.
+        """
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            state.setdefault("temperature", torch.ones(()))
+        super().on_load_checkpoint(checkpoint)
 
     def _evaluation_epoch_end(self, stage: Stage) -> dict[str, Any]:
         loss_mean: MeanMetric = getattr(self, f"{stage}_loss_mean")

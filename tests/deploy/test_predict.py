@@ -109,6 +109,8 @@ def _check(frame: pd.DataFrame, model, root: Path, hop: int) -> None:
         "path",
         "label",
         "predicted_label",
+        "decision",
+        "confidence",
         "n_windows",
         "agreement",
         *(f"p_{c}" for c in CLASSES),
@@ -124,6 +126,9 @@ def _check(frame: pd.DataFrame, model, root: Path, hop: int) -> None:
         got = row[[f"p_{c}" for c in CLASSES]].to_numpy(np.float64)
         np.testing.assert_allclose(got, probs, atol=1e-5)
         assert row["predicted_label"] == CLASSES[int(np.argmax(probs))]
+        # A model without an abstain floor always decides; its confidence is the top mean.
+        assert row["decision"] == row["predicted_label"]
+        assert row["confidence"] == pytest.approx(probs.max(), abs=1e-5)
 
 
 @pytest.mark.slow
