@@ -462,3 +462,36 @@ def test_real_frontend_and_cnn_export_and_verify(tmp_path, channels, window):
     assert result["onnx"]["verification"]["max_abs_diff"] <= 1e-4
     assert result["torchscript"]["verification"]["max_abs_diff"] <= 1e-4
     assert read_onnx_metadata(tmp_path / "model.onnx").frontend == frontend.settings()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_temperature_and_abstain_survive_export(tmp_path, metadata):
+    """The calibrated model (logits / T) and its window ``unknown`` flag, ONNX and TorchScript."""
+    from damage_lightning.export.deployable import AbstainingModel
+
+    plain = standin_model(seed=4)
+    model = AbstainingModel(plain.frontend, plain.net, temperature=2.5, abstain=0.4).eval()
+    result = export_all(model, tmp_path, metadata)
+    assert result["onnx"]["verification"]["passed"]
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities", "unknown"]
+    scripted = torch.jit.load(str(tmp_path / "model.ts.pt"))
+    for batch in (1, 9):
+        x = waveforms(batch, seed=40 + batch)
+        with torch.no_grad():
+            raw = plain(x)[0].numpy()
+            ref_logits, ref_probs, ref_unknown = (t.numpy() for t in model(x))
+            ts = [t.numpy() for t in scripted(x)]
+        np.testing.assert_allclose(ref_logits, raw / 2.5, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(ref_unknown, ref_probs.max(axis=1) < 0.4)
+        onnx_out = session.run(None, {"waveform": x.numpy()})
+        for got in (onnx_out, ts):
+            np.testing.assert_allclose(got[0], ref_logits, atol=1e-4)
+            np.testing.assert_allclose(got[1], ref_probs, atol=1e-5)
+            np.testing.assert_array_equal(got[2], ref_unknown)
+    # A softer (calibrated) model is less sure than the raw network, never more.
+    x = waveforms(16, seed=7)
+    with torch.no_grad():
+        assert (model(x)[1].max(dim=1).values <= plain(x)[1].max(dim=1).values + 1e-6).all()
+    with pytest.raises(ValueError, match="temperature"):
+        DeployableModel(plain.frontend, plain.net, temperature=0.0)

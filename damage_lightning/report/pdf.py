@@ -14,7 +14,7 @@ from damage_lightning.report.analysis import Analysis
 from damage_lightning.report.figures import FigureFile
 from damage_lightning.report.layout import GRID, MARGIN_X, MARGIN_Y, PAGE_H, PAGE_W, Styles
 from damage_lightning.report.record import RunRecord
-from damage_lightning.report.sections import inputs, novelty, overview, results
+from damage_lightning.report.sections import inputs, novelty, overview, results, verdicts
 from damage_lightning.report.text import clean_text
 
 
@@ -49,7 +49,12 @@ def render_pdf(record: RunRecord, analysis: Analysis, figures: list[FigureFile])
         *(
             novelty.evaluation(record, figures, st)
             if record.card and record.card.novelty
-            else results.evaluation(record, figures, st)
+            else [
+                *results.evaluation(record, figures, st),
+                *verdicts.verdict_sections(
+                    record.card.test_metrics if record.card else None, figures, st
+                ),
+            ]
         ),
         *results.history(record, analysis, st),
         *results.log(record, st),

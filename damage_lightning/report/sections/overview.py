@@ -84,6 +84,26 @@ def _headline(test: dict[str, Any], st: Styles) -> LongTable:
     )
 
 
+def _verdict_headline(record: RunRecord, st: Styles) -> LongTable | None:
+    # The decision an engineer acts on is per recording; calibration says how far to trust it.
+    test = record.card.test_metrics if record.card else None
+    if test is None or test.recording is None:
+        return None
+    level = test.recording.recording
+    calibration = test.calibration
+    return headline_cells(
+        [
+            (format_percent(level.accuracy), f"accuracy over {level.n} test recordings"),
+            (format_number(level.f1_macro), "recording macro F1"),
+            (
+                f"{calibration.after.ece:.3f}" if calibration else "–",
+                "calibration error (ECE)",
+            ),
+        ],
+        st,
+    )
+
+
 def headline_cells(cells: list[tuple[str, str]], st: Styles) -> LongTable:
     """The title page's three boxed numbers with their labels.
 
@@ -126,6 +146,9 @@ def title_page(record: RunRecord, analysis: Analysis, st: Styles) -> list[Any]:
         story.append(headline(record.card.novelty, st))
     elif test:
         story.append(_headline(test, st))
+        verdicts = _verdict_headline(record, st)
+        if verdicts is not None:
+            story += [Spacer(1, 0.25 * cm), verdicts]
     else:
         story.append(
             Paragraph(
