@@ -33,7 +33,9 @@ class TrainingResult:
         torchscript_path: exported TorchScript model.
         report_path: the PDF report (``None`` when disabled or failed).
         model_info_path: ``model_info.json``.
-        metrics: test metrics (accuracy, f1_macro, loss, per_class, confusion_matrix).
+        metrics: test metrics: window-level (accuracy, f1_macro, loss, per_class,
+            confusion_matrix), ``calibration`` (temperature, ECE/Brier before and after) and
+            ``recording`` (recording- and group-level metrics, the worst-first table).
         duration_s: wall time of the whole run.
         model_type: ``cnn``, ``resnet`` or the class path of a custom model.
     """
@@ -136,6 +138,67 @@ def run_training(
     )
 
 
+@dataclass
+class PredictionResult:
+    """What :func:`run_prediction` decided, one row per recording.
+
+    Attributes:
+        recordings: for a classifier ``path``, ``label``, ``predicted_label`` (top class),
+            ``decision`` (the class, ``unknown`` below the model's abstain floor),
+            ``confidence``, ``n_windows``, ``agreement`` and ``p_<class>``; for a novelty
+            detector its scores and alarms: the same table as ``predict`` and the gateway write.
+        windows: one row per window when asked for, else ``None``.
+        model_path: the exported model used.
+    """
+
+    recordings: Any
+    windows: Any
+    model_path: Path
+
+    @property
+    def decisions(self) -> dict[str, str]:
+        """``{recording path: decision}`` (a novelty detector's: ``alarm`` or ``healthy``)."""
+        frame = self.recordings
+        if "decision" in frame:
+            values = list(frame["decision"])
+        else:
+            values = ["alarm" if a else "healthy" for a in frame["alarm"]]
+        return dict(zip(frame["path"], values, strict=True))
+
+
+def run_prediction(
+    model_path: str | os.PathLike,
+    data_path: str | os.PathLike,
+    hop: int | None = None,
+    batch_size: int = 64,
+    keep_windows: bool = False,
+) -> PredictionResult:
+    """Decide every recording under ``data_path`` with an exported ONNX model (no torch needed).
+
+    The same per-recording decision, confidence and ``unknown`` as ``predict`` and
+    ``python -m damage_lightning.deploy`` (``damage_lightning.deploy.predict``).
+
+    Args:
+        model_path: a ``model.onnx`` written by ``fit`` or ``export``.
+        data_path: a recording or a folder of recordings.
+        hop: step between windows (default: the model's).
+        batch_size: windows per inference call.
+        keep_windows: also return one row per window.
+
+    Raises:
+        DataValidationError: a bad model or recording, named with the reason.
+    """
+    from damage_lightning.deploy.predict import predict
+
+    for path, what in ((model_path, "model"), (data_path, "data path")):
+        if not Path(path).exists():
+            raise DataValidationError(Problem(str(path), "", f"{what} does not exist"))
+    result = predict(
+        model_path, data_path, hop=hop, batch_size=batch_size, keep_windows=keep_windows
+    )
+    return PredictionResult(result.recordings, result.windows, Path(model_path))
+
+
 def run_cnn(
     data_path: str | os.PathLike | None, save_dir: str | os.PathLike, **kwargs: Any
 ) -> TrainingResult:
@@ -150,4 +213,12 @@ def run_resnet(
     return run_training(data_path, save_dir, model_type="resnet", **kwargs)
 
 
-__all__ = ["OutputLocationError", "TrainingResult", "run_cnn", "run_resnet", "run_training"]
+__all__ = [
+    "OutputLocationError",
+    "PredictionResult",
+    "TrainingResult",
+    "run_cnn",
+    "run_prediction",
+    "run_resnet",
+    "run_training",
+]
