@@ -41,9 +41,11 @@ def test_compare_two_runs_gives_the_cards_values(tracked_runs, tmp_path, capsys)
         times = [e["epoch_time_s"] for e in history["epochs"]]
         assert float(row["epoch_time_s"]) == pytest.approx(sum(times) / len(times))
         assert float(row["dropout"]) == info["model"]["hyperparameters"]["dropout"]
-    # Settings that differ get a column; the cards have no recording-level metrics yet.
+        recording = test["recording"]["recording"]
+        assert float(row["test_acc_recording"]) == recording["accuracy"]
+        assert float(row["test_f1_recording"]) == recording["f1_macro"]
+    # Settings that differ get a column.
     assert "stem_width" in rows[0] and rows[0]["stem_width"] == ""
-    assert "test_acc_recording" not in rows[0]
 
     md = (out / "comparison.md").read_text()
     cnn_acc = _card(runs[0])["test_metrics"]["accuracy"]
@@ -71,8 +73,11 @@ def test_recording_level_metrics_appear_when_the_card_has_them(tracked_runs, tmp
     for fold in ("fold-a", "fold-b"):
         shutil.copytree(tracked_runs["cnn"], cv / fold, ignore=shutil.ignore_patterns("*.ckpt"))
     card = _card(cv / "fold-b")
-    card["test_metrics"]["recording"] = {"accuracy": 0.75, "f1_macro": 0.5}
+    card["test_metrics"]["recording"]["recording"].update(accuracy=0.75, f1_macro=0.5)
     (cv / "fold-b" / "model_info.json").write_text(json.dumps(card))
+    card = _card(cv / "fold-a")  # a card written before recording-level metrics existed
+    del card["test_metrics"]["recording"]
+    (cv / "fold-a" / "model_info.json").write_text(json.dumps(card))
     main(["compare", str(cv), "--out", str(tmp_path / "out")])
     rows = _rows(tmp_path / "out")
     assert [r["run"] for r in rows] == ["fold-a", "fold-b"]

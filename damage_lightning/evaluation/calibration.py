@@ -38,8 +38,31 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
     return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
 
 
+def smoothed_nll(
+    logits: np.ndarray, labels: np.ndarray, temperature: float, smoothing: float
+) -> float:
+    """Cross-entropy of ``softmax(logits / T)`` against labels smoothed by ``smoothing``.
+
+    The target puts ``1 - smoothing`` on the true class and spreads ``smoothing`` evenly over
+    all ``K`` classes; ``smoothing = 0`` is :func:`nll`.
+    """
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    labels = np.asarray(labels, dtype=np.int64)
+    true = log_p[np.arange(len(labels)), labels]
+    return float(np.mean(-(1.0 - smoothing) * true - smoothing * log_p.mean(axis=1)))
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature that minimises the NLL of ``labels`` (searched on ``log T``).
+    """The temperature that minimises the NLL of ``labels``, with the rule of succession.
+
+    Plain NLL has no minimum when every validation window is right (common on clean data):
+    it keeps falling as ``T -> 0`` and would make the model all-or-nothing, and so confidently
+    wrong on the first recording unlike its training data. The target is therefore smoothed by
+    ``1 / (n + 2)``, Laplace's estimate of the error rate after ``n`` windows without an
+    error: with errors in the validation split this changes ``T`` by little, without them it
+    keeps ``T`` where the confidence matches what ``n`` windows can show.
 
     Args:
         logits: ``(n, K)`` validation logits of the trained network.
@@ -54,17 +77,20 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         raise ValueError(f"need (n, K) logits and n labels, got {logits.shape}, {labels.shape}")
     if not np.isfinite(logits).all():
         raise ValueError("the validation logits are not all finite")
+    smoothing = 1.0 / (len(labels) + 2)
     bound = math.log(TEMPERATURE_LIMIT)
     result = minimize_scalar(
-        lambda log_t: nll(logits, labels, math.exp(log_t)),
+        lambda log_t: smoothed_nll(logits, labels, math.exp(log_t), smoothing),
         bounds=(-bound, bound),
         method="bounded",
         options={"xatol": 1e-4},
     )
     best = math.exp(float(result.x))
-    # The bounded search never returns a worse point than T = 1 by more than its tolerance;
-    # keep T = 1 when it is as good, so a calibrated network is left alone.
-    return best if nll(logits, labels, best) < nll(logits, labels, 1.0) else 1.0
+    # Keep T = 1 when scaling does not help, so a calibrated network is left alone.
+    better = smoothed_nll(logits, labels, best, smoothing) < smoothed_nll(
+        logits, labels, 1.0, smoothing
+    )
+    return best if better else 1.0
 
 
 def brier(probabilities: np.ndarray, labels: np.ndarray) -> float:

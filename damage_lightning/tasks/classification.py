@@ -367,10 +367,17 @@ class ClassificationTask(BaseTask):
         return {"calibration": calibration, "recording": recording}
 
     def _gathered(self, values: Tensor) -> np.ndarray:
-        # Every rank tested its share of the windows; the verdicts need all of them.
-        if self.trainer is not None and self.trainer.world_size > 1:
-            values = self.all_gather(values.to(self.device)).flatten(0, 1)
-        return values.cpu().numpy()
+        # Every rank tested its share of the windows; the verdicts need all of them. Shares may
+        # differ in length, and all_gather needs equal shapes: pad to the longest, then trim.
+        if self.trainer is None or self.trainer.world_size <= 1:
+            return values.cpu().numpy()
+        values = values.to(self.device)
+        sizes = self.all_gather(torch.tensor(len(values), device=self.device)).flatten()
+        padded = values.new_zeros((int(sizes.max()), *values.shape[1:]))
+        padded[: len(values)] = values
+        gathered = self.all_gather(padded)
+        parts = [gathered[rank, : int(n)] for rank, n in enumerate(sizes.tolist())]
+        return torch.cat(parts).cpu().numpy()
 
     # ---------------------------------------------------------------------------- calibration
     @torch.no_grad()

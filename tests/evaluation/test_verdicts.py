@@ -182,3 +182,16 @@ def test_temperature_fit_rejects_bad_input():
         fit_temperature(np.array([[np.nan, 0.0]]), np.array([0]))
     with pytest.raises(ValueError, match=r"need \(n, K\)"):
         fit_temperature(np.zeros((0, 3)), np.zeros(0))
+
+
+def test_temperature_of_a_perfect_validation_split_stays_finite():
+    # Every validation window right: plain NLL would push T to its lower bound (all-or-nothing
+    # probabilities). The rule of succession keeps the mean confidence near 1 - 1/(n+2).
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 200)
+    logits = rng.normal(size=(200, 4))
+    logits[np.arange(200), labels] += 6.0
+    t = fit_temperature(logits, labels)
+    assert t > 0.2  # far from the 1/20 bound
+    confidence = softmax(logits, t).max(axis=1).mean()
+    assert 0.97 < confidence < 0.999
