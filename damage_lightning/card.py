@@ -207,6 +207,7 @@ class LevelMetrics(JsonRecord):
     coverage: float | None = None
     accuracy_decided: float | None = None
     abstain: float | None = None
+    distance_threshold: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -221,6 +222,7 @@ class RecordingOutcomeRow(JsonRecord):
     agreement: float
     n_windows: int
     correct: bool
+    distance: float | None = None
 
 
 @dataclass(kw_only=True)

@@ -383,8 +383,7 @@ class DamageCLI(LightningCLI):
             if isinstance(cb, ModelCheckpoint) and cb.best_model_path:
                 best = cb.best_model_path
                 break
-        if getattr(model.hparams, "calibrate", False):
-            _calibrate_checkpoint(trainer, model, dm, best)
+        _fit_after_training(trainer, model, dm, best)
         trainer.test(model, datamodule=dm, ckpt_path=best or None)
         if not trainer.is_global_zero:
             return
@@ -422,33 +421,47 @@ class DamageCLI(LightningCLI):
         self.trainer.export(**kwargs)
 
 
-def _calibrate_checkpoint(trainer: Trainer, model: Any, dm: DamageDataModule, best: str) -> None:
-    """Fit the temperature of the best weights on the validation split, into ``best.ckpt``.
+def _fit_after_training(trainer: Trainer, model: Any, dm: DamageDataModule, best: str) -> None:
+    """Calibrate the best weights (and fit their distance gate), into ``best.ckpt``.
 
-    ``test`` and the exports then use the calibrated model; every rank fits the same
-    temperature (each sees the whole validation split), rank zero rewrites the file.
+    The temperature is fitted on the validation split, the distance gate on the training and
+    validation splits (``calibrate``, ``abstain_distance``). ``test`` and the exports then use
+    them; every rank fits the same values (each sees whole splits), rank zero rewrites the file.
     """
     import torch
 
     from damage_lightning.artifacts import atomic_write_bytes
 
+    hp = model.hparams
+    if not (getattr(hp, "calibrate", False) or getattr(hp, "abstain_distance", False)):
+        return
     checkpoint = None
     if best:
         checkpoint = torch.load(best, map_location="cpu", weights_only=True)
-        state = checkpoint["state_dict"]
-        state.setdefault("temperature", torch.ones(()))
-        model.load_state_dict(state)
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"])
+    fitted: list[str] = []
     try:
-        fit = model.calibrate(dm)
-    except ValueError as exc:  # no validation windows: the model stays uncalibrated
+        if hp.calibrate:
+            fit = model.calibrate(dm)
+            print(
+                f"calibration: temperature {fit['temperature']:.3f} (validation NLL "
+                f"{fit['val_nll_before']:.4f} -> {fit['val_nll_after']:.4f})"
+            )
+            fitted.append("temperature")
+        if getattr(hp, "abstain_distance", False):
+            gate = model.fit_distance_gate(dm)
+            print(
+                f"distance gate: threshold {gate['threshold']:.1f} (largest of "
+                f"{gate['val_recordings']} validation recordings)"
+            )
+            fitted += ["feature_means", "feature_precision", "distance_threshold"]
+    except ValueError as exc:  # e.g. no validation windows: left as it is
         print(f"calibration skipped: {exc}")
-        return
-    print(
-        f"calibration: temperature {fit['temperature']:.3f} (validation NLL "
-        f"{fit['val_nll_before']:.4f} -> {fit['val_nll_after']:.4f})"
-    )
-    if checkpoint is not None and trainer.is_global_zero:
-        checkpoint["state_dict"]["temperature"] = model.temperature.detach().cpu().clone()
+    if checkpoint is not None and fitted and trainer.is_global_zero:
+        state = model.state_dict()
+        for key in fitted:
+            checkpoint["state_dict"][key] = state[key].detach().cpu().clone()
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(Path(best), buffer.getvalue())

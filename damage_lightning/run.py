@@ -253,7 +253,7 @@ def write_predictions(
         return write_novelty_predictions(outputs, datamodule.predict_recordings(), model, out_dir)
     from damage_lightning.deploy.decision import WindowSums, decide
     from damage_lightning.deploy.predict import (
-        RECORDING_COLUMNS,
+        recording_columns,
         recording_row,
         to_csv_bytes,
         window_rows,
@@ -263,22 +263,27 @@ def write_predictions(
     hparams = getattr(model, "hparams", {})
     rule = hparams.get("aggregation", "mean_log_prob")
     abstain = hparams.get("abstain")
+    threshold = getattr(model, "gate_threshold", None)
     recordings = datamodule.predict_recordings()
     probs = torch.cat([o["probabilities"] for o in outputs]).double().numpy()
     rec = torch.cat([o["recording"] for o in outputs]).numpy()
     start = torch.cat([o["start"] for o in outputs]).numpy()
-    order = sorted(set(rec.tolist()), key=lambda r: recordings[r][0])
+    dist = None
+    if threshold is not None and "distance" in outputs[0]:
+        dist = torch.cat([o["distance"] for o in outputs]).double().numpy()
     window_parts, rows = [], []
     for r in sorted(set(rec.tolist())):
         path, label = recordings[r]
         mask = rec == r
-        window_parts.append(window_rows(path, label, [(start[mask], probs[mask])], names, abstain))
-    for r in order:
+        batch = (start[mask], probs[mask], None if dist is None else dist[mask])
+        window_parts.append(window_rows(path, label, [batch], names, abstain, threshold))
+    for r in sorted(set(rec.tolist()), key=lambda r: recordings[r][0]):
         path, label = recordings[r]
-        decision = decide(WindowSums.of(probs[rec == r]), rule, abstain)
-        rows.append(recording_row(path, label, decision, names))
+        mask = rec == r
+        sums = WindowSums.of(probs[mask], None if dist is None else dist[mask])
+        rows.append(recording_row(path, label, decide(sums, rule, abstain, threshold), names))
     windows = pd.concat(window_parts, ignore_index=True)
-    per_rec = pd.DataFrame(rows, columns=[*RECORDING_COLUMNS, *(f"p_{c}" for c in names)])
+    per_rec = pd.DataFrame(rows, columns=recording_columns(names, threshold is not None))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "predictions.csv", out_dir / "recording_predictions.csv"]
     atomic_write_bytes(paths[0], to_csv_bytes(windows))

@@ -40,20 +40,23 @@ def _subset(data: Path, keep: list[str], out: Path) -> Path:
     return out
 
 
-def hold_out(data: Path, held: str, classes: list[str], out: Path, epochs: int | None) -> dict:
+def hold_out(
+    data: Path, held: str, classes: list[str], out: Path, epochs: int | None, gate: bool
+) -> dict:
     """Train without ``held``; the recording confidences of held-out and known test recordings."""
     from damage_lightning.card import ModelCard
     from damage_lightning.runner import run_prediction, run_training
 
     known = [c for c in classes if c != held]
     subset = _subset(data, known, out / f"data_without_{held}")
-    overrides = {"report.enabled": False}
+    overrides = {"report.enabled": False, "model.init_args.abstain_distance": gate}
     if epochs is not None:
         overrides["trainer.max_epochs"] = epochs
     result = run_training(subset, out / "models", run_name=f"without_{held}", **overrides)
     held_pred = run_prediction(result.onnx_path, data / held)  # not one of them was trained on
     card = ModelCard.read(result.model_info_path)
     table = card.test_metrics.recording.table
+    threshold = card.test_metrics.recording.recording.distance_threshold
     return {
         "held_out": held,
         "run_dir": str(result.run_dir),
@@ -63,7 +66,18 @@ def hold_out(data: Path, held: str, classes: list[str], out: Path, epochs: int |
         "held_out_predicted": held_pred.recordings["predicted_label"].tolist(),
         "known_confidence": [r.confidence for r in table],
         "known_correct": [r.correct for r in table],
+        "held_out_unknown_by_distance": _far(held_pred.recordings),
+        "known_unknown_by_distance": [
+            bool(r.distance is not None and r.distance > (threshold or float("inf"))) for r in table
+        ],
     }
+
+
+def _far(frame) -> list[bool]:
+    # The gate's own verdict on each held-out recording (without any probability floor).
+    if "distance" not in frame:
+        return []
+    return [bool(d) for d in frame["decision"].eq("unknown") & frame["distance"].notna()]
 
 
 def summarise(results: list[dict], floors: tuple[float, ...] = FLOORS) -> list[dict]:
@@ -104,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     held = args.classes or classes
     args.out.mkdir(parents=True, exist_ok=True)
-    results = [hold_out(Path(data), h, classes, args.out, args.epochs) for h in held]
+    results = [hold_out(Path(data), h, classes, args.out, args.epochs, args.distance) for h in held]
     rows = summarise(results)
     (args.out / "open_set.json").write_text(json.dumps({"runs": results, "floors": rows}, indent=2))
     header = ["floor", *[r["held_out"] for r in results], "known_unknown"]
@@ -112,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     print(" | ".join(header))
     for row in rows:
         print(" | ".join(f"{row[h]:.2f}" if h != "floor" else f"{row[h]:g}" for h in header))
+    if args.distance:
+        print("distance gate alone: share unknown (held-out class; known test classes)")
+        for r in results:
+            held_share = float(np.mean(r["held_out_unknown_by_distance"]))
+            known_share = float(np.mean(r["known_unknown_by_distance"]))
+            print(f"  {r['held_out']}: {held_share:.2f}; known {known_share:.2f}")
     for r in results:
         accuracy, t = r["known_test_accuracy"], r["temperature"]
         print(f"without {r['held_out']}: known test recording accuracy {accuracy:.3f}, T {t:.3f}")

@@ -495,3 +495,44 @@ def test_temperature_and_abstain_survive_export(tmp_path, metadata):
         assert (model(x)[1].max(dim=1).values <= plain(x)[1].max(dim=1).values + 1e-6).all()
     with pytest.raises(ValueError, match="temperature"):
         DeployableModel(plain.frontend, plain.net, temperature=0.0)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_distance_gate_survives_export(tmp_path, metadata):
+    """Feature distance and ``unknown`` of the gated model: eager = numpy = ONNX = TorchScript."""
+    from damage_lightning.export.deployable import DistanceGatedModel
+
+    plain = standin_model(seed=5)
+    body, head = plain.net[:-1], plain.net[-1]
+    gen = torch.Generator().manual_seed(1)
+    means = torch.randn(4, 6, generator=gen)
+    a = torch.randn(6, 6, generator=gen)
+    precision = a @ a.t() + 0.5 * torch.eye(6)
+    model = DistanceGatedModel(plain.frontend, plain.net, 1.7, None, means, precision, 3.0)
+    model.eval()
+    export_all(model, tmp_path, metadata)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == [
+        "logits",
+        "probabilities",
+        "unknown",
+        "distance",
+    ]
+    scripted = torch.jit.load(str(tmp_path / "model.ts.pt"))
+    for batch in (1, 9):
+        x = waveforms(batch, seed=60 + batch)
+        with torch.no_grad():
+            features = body(plain.frontend(x)).double().numpy()
+            ref = [t.numpy() for t in model(x)]
+            ts = [t.numpy() for t in scripted(x)]
+            np.testing.assert_allclose(
+                ref[0], head(body(plain.frontend(x))).numpy() / 1.7, rtol=1e-5
+            )
+        diff = features[:, None, :] - means.double().numpy()[None]
+        expected = np.einsum("nkd,de,nke->nk", diff, precision.double().numpy(), diff).min(axis=1)
+        np.testing.assert_allclose(ref[3], expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(ref[2], ref[3] > 3.0)  # no probability floor
+        for got in (session.run(None, {"waveform": x.numpy()}), ts):
+            np.testing.assert_allclose(got[1], ref[1], atol=1e-5)
+            np.testing.assert_allclose(got[3], ref[3], rtol=1e-4, atol=1e-3)
+            np.testing.assert_array_equal(got[2], ref[2])

@@ -25,9 +25,7 @@ FLOOR = 0.3
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def run(tiny_data, cache_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("verdicts") / "models"
+def _fit(tiny_data, cache_dir, root, name: str, *extra: str):
     main(
         [
             "fit",
@@ -35,13 +33,24 @@ def run(tiny_data, cache_dir, tmp_path_factory):
             CNN,
             *tiny_overrides(tiny_data, root, cache_dir, epochs=3),
             *tiny_model(CNN),
-            "--model.init_args.abstain",
-            str(FLOOR),
+            *extra,
             "--run_name",
-            "verdicts",
+            name,
         ]
     )
-    return root / "verdicts"
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data, cache_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("verdicts") / "models"
+    return _fit(tiny_data, cache_dir, root, "verdicts", "--model.init_args.abstain", str(FLOOR))
+
+
+@pytest.fixture(scope="module")
+def gated_run(tiny_data, cache_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gated") / "models"
+    return _fit(tiny_data, cache_dir, root, "gated", "--model.init_args.abstain_distance", "true")
 
 
 def test_temperature_is_fitted_stored_and_exported(run):
@@ -82,7 +91,8 @@ def test_recording_metrics_agree_with_the_table(run):
     assert metrics["test_acc_recording"].dropna().iloc[-1] == pytest.approx(level["accuracy"])
 
 
-def test_predict_gateway_and_runner_give_the_same_decisions(run, tiny_data, tmp_path):
+def _three_ways(run, data, tmp_path):
+    """Per-recording decisions of ``data`` by ``predict``, the gateway and the runner."""
     out = tmp_path / "pipeline"
     main(
         [
@@ -92,7 +102,7 @@ def test_predict_gateway_and_runner_give_the_same_decisions(run, tiny_data, tmp_
             "--ckpt_path",
             str(run / "checkpoints" / "best.ckpt"),
             "--data.predict_data_dir",
-            str(tiny_data),
+            str(data),
             "--output",
             str(out),
         ]
@@ -100,11 +110,16 @@ def test_predict_gateway_and_runner_give_the_same_decisions(run, tiny_data, tmp_
     ours = pd.read_csv(out / "recording_predictions.csv").set_index("path").sort_index()
     gateway_csv = tmp_path / "gateway.csv"
     res = run_script(
-        tmp_path, str(run / "export" / "model.onnx"), str(tiny_data), "--output", str(gateway_csv)
+        tmp_path, str(run / "export" / "model.onnx"), str(data), "--output", str(gateway_csv)
     )
     assert res.returncode == 0, res.stderr
     gateway = pd.read_csv(gateway_csv).set_index("path").sort_index()
-    runner = run_prediction(run / "export" / "model.onnx", tiny_data)
+    runner = run_prediction(run / "export" / "model.onnx", data)
+    return ours, gateway, runner, pd.read_csv(out / "predictions.csv")
+
+
+def test_predict_gateway_and_runner_give_the_same_decisions(run, tiny_data, tmp_path):
+    ours, gateway, runner, windows = _three_ways(run, tiny_data, tmp_path)
     host = runner.recordings.set_index("path").sort_index()
     for other in (gateway, host):
         assert list(other.index) == list(ours.index)
@@ -113,7 +128,6 @@ def test_predict_gateway_and_runner_give_the_same_decisions(run, tiny_data, tmp_
     decisions = set(ours["decision"])
     assert "unknown" in decisions and decisions - {"unknown"}, decisions
     assert runner.decisions == dict(zip(host.index, host["decision"], strict=True))
-    windows = pd.read_csv(out / "predictions.csv")
     top = windows[[c for c in windows.columns if c.startswith("p_")]].max(axis=1)
     assert (windows["unknown"] == (top < FLOOR)).all()
 
@@ -133,3 +147,23 @@ def test_test_subcommand_reuses_the_stored_temperature(run, capsys):
     expected = info["test_metrics"]["recording"]["recording"]["accuracy"]
     line = next(x for x in printed.splitlines() if "test_acc_recording" in x)
     assert float(line.split()[-1]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_distance_gate_is_fitted_exported_and_applied_alike(gated_run, tiny_data, tmp_path):
+    info = json.loads((gated_run / "model_info.json").read_text())
+    rec = info["test_metrics"]["recording"]
+    threshold = rec["recording"]["distance_threshold"]
+    assert threshold == pytest.approx(rec["distance_fit"]["threshold"]) and threshold > 0
+    table = pd.DataFrame(rec["table"])
+    # No probability floor: a recording is unknown exactly when it lies beyond the threshold.
+    assert ((table["distance"] > threshold) == (table["decision"] == "unknown")).all()
+    meta = read_onnx_metadata(gated_run / "export" / "model.onnx")
+    assert float(meta.extra["distance_threshold"]) == pytest.approx(threshold)
+    session = ort.InferenceSession(str(gated_run / "export" / "model.onnx"))
+    assert [o.name for o in session.get_outputs()][-1] == "distance"
+    ours, gateway, runner, windows = _three_ways(gated_run, tiny_data, tmp_path)
+    for other in (gateway, runner.recordings.set_index("path").sort_index()):
+        assert (other["decision"] == ours["decision"]).all()
+        np.testing.assert_allclose(other["distance"], ours["distance"], rtol=1e-3)
+    assert ((ours["distance"] > threshold) == (ours["decision"] == "unknown")).all()
+    assert ((windows["distance"] > threshold) == windows["unknown"]).all()

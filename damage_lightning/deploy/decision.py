@@ -15,7 +15,12 @@ Aggregation rules (the task's ``aggregation``, recorded in the model's metadata)
 - ``vote``: the share of windows whose top class each class is.
 
 With an abstain floor the decision is ``unknown`` when the recording's confidence (its
-aggregated probability of the top class) is below the floor.
+aggregated probability of the top class) is below the floor. A model with a feature-distance
+gate also gives each window its distance to the nearest training class (squared Mahalanobis
+distance of the network's embedding); the decision is ``unknown`` when the recording's mean
+distance exceeds the gate's threshold. A class never seen in training is often confidently
+given the label of a neighbour, so the probability alone does not catch it; its embeddings lie
+away from every training class, so the distance does.
 """
 
 from __future__ import annotations
@@ -70,15 +75,18 @@ class WindowSums:
     log_probability_sum: np.ndarray = field(init=False)
     top_counts: np.ndarray = field(init=False)
     n_windows: int = 0
+    distance_sum: float = 0.0
 
     def __post_init__(self) -> None:
         self.probability_sum = np.zeros(self.num_classes)
         self.log_probability_sum = np.zeros(self.num_classes)
         self.top_counts = np.zeros(self.num_classes, dtype=np.int64)
 
-    def add(self, probabilities: np.ndarray) -> WindowSums:
-        """Add a batch of ``(n, K)`` window probabilities; returns ``self``."""
+    def add(self, probabilities: np.ndarray, distances: np.ndarray | None = None) -> WindowSums:
+        """Add a batch of ``(n, K)`` window probabilities (and distances); returns ``self``."""
         p = np.asarray(probabilities, dtype=np.float64).reshape(-1, self.num_classes)
+        if distances is not None:
+            self.distance_sum += float(np.asarray(distances, dtype=np.float64).sum())
         self.probability_sum += p.sum(axis=0)
         self.log_probability_sum += np.log(np.maximum(p, LOG_FLOOR)).sum(axis=0)
         self.top_counts += np.bincount(p.argmax(axis=1), minlength=self.num_classes)
@@ -86,10 +94,10 @@ class WindowSums:
         return self
 
     @classmethod
-    def of(cls, probabilities: np.ndarray) -> WindowSums:
-        """The sums of one recording's ``(n_windows, K)`` window probabilities."""
+    def of(cls, probabilities: np.ndarray, distances: np.ndarray | None = None) -> WindowSums:
+        """The sums of one recording's ``(n_windows, K)`` window probabilities (and distances)."""
         p = np.asarray(probabilities)
-        return cls(p.shape[1]).add(p)
+        return cls(p.shape[1]).add(p, distances)
 
 
 @dataclass
@@ -102,7 +110,8 @@ class Decision:
         confidence: the aggregated probability of the top class.
         agreement: share of windows whose own top class is the predicted one.
         n_windows: windows the decision is made of.
-        unknown: the confidence is below the abstain floor.
+        unknown: the confidence is below the abstain floor, or the distance above the gate.
+        distance: mean feature distance of the windows (``None`` without a distance gate).
     """
 
     probabilities: np.ndarray
@@ -111,19 +120,27 @@ class Decision:
     agreement: float
     n_windows: int
     unknown: bool = False
+    distance: float | None = None
 
     def label(self, class_names: list[str]) -> str:
         """The decision as text: the predicted class, or :data:`UNKNOWN`."""
         return UNKNOWN if self.unknown else class_names[self.predicted]
 
 
-def decide(sums: WindowSums, rule: str = "mean_log_prob", abstain: float | None = None) -> Decision:
+def decide(
+    sums: WindowSums,
+    rule: str = "mean_log_prob",
+    abstain: float | None = None,
+    distance_threshold: float | None = None,
+) -> Decision:
     """The recording's decision from its window sums.
 
     Args:
         sums: the accumulated windows (at least one).
         rule: an aggregation rule (:data:`AGGREGATIONS`).
         abstain: probability floor below which the decision is unknown, or ``None``.
+        distance_threshold: mean feature distance above which the decision is unknown, or
+            ``None`` (no distance gate; the windows' distances are then not used).
 
     Raises:
         ValueError: no windows, or an unknown rule.
@@ -143,23 +160,34 @@ def decide(sums: WindowSums, rule: str = "mean_log_prob", abstain: float | None 
     best = int(np.argmax(probabilities))
     confidence = float(probabilities[best])
     floor = check_abstain(abstain)
+    distance = sums.distance_sum / n if distance_threshold is not None else None
+    far = distance is not None and distance > distance_threshold
     return Decision(
         probabilities=probabilities,
         predicted=best,
         confidence=confidence,
         agreement=float(sums.top_counts[best]) / n,
         n_windows=n,
-        unknown=floor is not None and confidence < floor,
+        unknown=(floor is not None and confidence < floor) or far,
+        distance=distance,
     )
 
 
-def window_unknown(probabilities: np.ndarray, abstain: float | None) -> np.ndarray:
-    """Per window: its top probability is below the abstain floor (all ``False`` without one)."""
+def window_unknown(
+    probabilities: np.ndarray,
+    abstain: float | None,
+    distances: np.ndarray | None = None,
+    distance_threshold: float | None = None,
+) -> np.ndarray:
+    """Per window: top probability below the floor, or distance above the gate's threshold."""
     p = np.asarray(probabilities)
     floor = check_abstain(abstain)
-    if floor is None:
-        return np.zeros(len(p), dtype=bool)
-    return p.max(axis=1) < floor
+    unknown = np.zeros(len(p), dtype=bool)
+    if floor is not None:
+        unknown |= p.max(axis=1) < floor
+    if distance_threshold is not None and distances is not None:
+        unknown |= np.asarray(distances) > distance_threshold
+    return unknown
 
 
 def decide_groups(
@@ -167,6 +195,8 @@ def decide_groups(
     keys: np.ndarray | list,
     rule: str = "mean_log_prob",
     abstain: float | None = None,
+    distances: np.ndarray | None = None,
+    distance_threshold: float | None = None,
 ) -> dict:
     """One decision per distinct key (recording or group) of ``(n, K)`` window probabilities.
 
@@ -175,13 +205,18 @@ def decide_groups(
         keys: per window, the recording or group it belongs to.
         rule: aggregation rule.
         abstain: probability floor, or ``None``.
+        distances: per window, its feature distance (with ``distance_threshold``).
+        distance_threshold: the distance gate's threshold, or ``None``.
 
     Returns:
         ``{key: Decision}`` in sorted key order.
     """
     p = np.asarray(probabilities, dtype=np.float64)
     keys = np.asarray(keys)
-    return {
-        key: decide(WindowSums.of(p[keys == key]), rule, abstain)
-        for key in sorted(set(keys.tolist()))
-    }
+    d = None if distances is None else np.asarray(distances, dtype=np.float64)
+    out = {}
+    for key in sorted(set(keys.tolist())):
+        mask = keys == key
+        sums = WindowSums.of(p[mask], None if d is None else d[mask])
+        out[key] = decide(sums, rule, abstain, distance_threshold)
+    return out

@@ -33,6 +33,8 @@ MODEL_CLASS_KEY = "model_class_path"
 AGGREGATION_KEY = "aggregation"
 ABSTAIN_KEY = "abstain"
 TEMPERATURE_KEY = "temperature"
+#: A classifier's feature-distance gate: the recording-level threshold (JSON number or null).
+DISTANCE_THRESHOLD_KEY = "distance_threshold"
 
 
 def json_text(obj: Any) -> str:

@@ -23,7 +23,12 @@ from damage_lightning.deploy.decision import (
     decide,
     window_unknown,
 )
-from damage_lightning.deploy.metadata import ABSTAIN_KEY, AGGREGATION_KEY, ModelMetadata
+from damage_lightning.deploy.metadata import (
+    ABSTAIN_KEY,
+    AGGREGATION_KEY,
+    DISTANCE_THRESHOLD_KEY,
+    ModelMetadata,
+)
 from damage_lightning.deploy.novelty import is_novelty, predict_novelty
 from damage_lightning.deploy.session import OnnxModel
 from damage_lightning.errors import DataValidationError, Problem
@@ -45,16 +50,27 @@ RECORDING_COLUMNS = (
 )
 
 
-def decision_rule(meta: ModelMetadata) -> tuple[str, float | None]:
-    """The model's aggregation rule and abstain floor, from its metadata.
+def _number(meta: ModelMetadata, key: str) -> float | None:
+    text = meta.extra.get(key)
+    return None if text in (None, "", "null") else float(text)
+
+
+def decision_rule(meta: ModelMetadata) -> tuple[str, float | None, float | None]:
+    """The model's aggregation rule, abstain floor and distance threshold, from its metadata.
 
     Models exported before recording-level decisions were recorded averaged the window
     probabilities and never abstained.
     """
     rule = check_aggregation(meta.extra.get(AGGREGATION_KEY, "mean_prob"))
-    text = meta.extra.get(ABSTAIN_KEY)
-    floor = None if text in (None, "", "null") else check_abstain(float(text))
-    return rule, floor
+    return rule, check_abstain(_number(meta, ABSTAIN_KEY)), _number(meta, DISTANCE_THRESHOLD_KEY)
+
+
+def recording_columns(class_names: list[str], gated: bool = False) -> list[str]:
+    """The per-recording table's columns: :data:`RECORDING_COLUMNS`, ``p_<class>``, ``distance``.
+
+    ``distance`` (the mean feature distance) only for a model with a distance gate.
+    """
+    return [*RECORDING_COLUMNS, *(f"p_{c}" for c in class_names), *(["distance"] if gated else [])]
 
 
 def recording_row(path: str, label: str | None, decision: Decision, class_names: list[str]) -> dict:
@@ -71,6 +87,8 @@ def recording_row(path: str, label: str | None, decision: Decision, class_names:
     row.update(
         {f"p_{c}": float(p) for c, p in zip(class_names, decision.probabilities, strict=True)}
     )
+    if decision.distance is not None:
+        row["distance"] = decision.distance
     return row
 
 
@@ -104,14 +122,17 @@ def score_recording(
         unless ``keep``).
     """
     meta = model.metadata
+    rule, floor, threshold = decision_rule(meta)
     sums = WindowSums(len(meta.class_names))
     batches = []
     for starts, windows in window_batches(waveform, meta.window_length, hop, batch_size):
-        probs = model.run(windows)["probabilities"].astype(np.float64)
-        sums.add(probs)
+        out = model.run(windows)
+        probs = out["probabilities"].astype(np.float64)
+        distances = out.get("distance") if threshold is not None else None
+        sums.add(probs, distances)
         if keep:
-            batches.append((starts, probs))
-    return decide(sums, *decision_rule(meta)), batches
+            batches.append((starts, probs, distances))
+    return decide(sums, rule, floor, threshold), batches
 
 
 def predict(
@@ -158,16 +179,16 @@ def predict(
         raise DataValidationError(problems)
     if is_novelty(meta):
         return predict_novelty(model, loaded, hop, batch_size, keep_windows)
-    floor = decision_rule(meta)[1]
+    _, floor, threshold = decision_rule(meta)
     rows, window_parts = [], []
     for spec, waveform in loaded:
         decision, batches = score_recording(model, waveform, hop, batch_size, keep_windows)
         rows.append(recording_row(spec.relpath, spec.label, decision, meta.class_names))
         if keep_windows:
             window_parts.append(
-                window_rows(spec.relpath, spec.label, batches, meta.class_names, floor)
+                window_rows(spec.relpath, spec.label, batches, meta.class_names, floor, threshold)
             )
-    columns = [*RECORDING_COLUMNS, *(f"p_{c}" for c in meta.class_names)]
+    columns = recording_columns(meta.class_names, threshold is not None)
     windows = pd.concat(window_parts, ignore_index=True) if keep_windows and window_parts else None
     return Predictions(pd.DataFrame(rows, columns=columns), windows)
 
@@ -175,32 +196,39 @@ def predict(
 def window_rows(
     path: str,
     label: str | None,
-    batches: list[tuple[np.ndarray, np.ndarray]],
+    batches: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
     class_names: list[str],
     abstain: float | None = None,
+    distance_threshold: float | None = None,
 ) -> pd.DataFrame:
     """One row per window: ``recording``, ``label``, ``start``, ``predicted``, ``unknown``, ``p_*``.
 
-    ``unknown``: the window's top probability is below the abstain floor.
+    ``unknown``: the window's top probability is below the abstain floor, or its feature
+    distance above the gate's threshold (then a ``distance`` column follows ``unknown``).
 
     Args:
         path: the recording.
         label: its true class, when known.
-        batches: ``(starts, probabilities)`` per scored batch.
+        batches: ``(starts, probabilities, distances or None)`` per scored batch.
         class_names: class names in output order.
         abstain: the model's abstain floor, or ``None``.
+        distance_threshold: the model's distance threshold, or ``None``.
     """
-    starts = np.concatenate([s for s, _ in batches])
-    probs = np.concatenate([p for _, p in batches])
+    starts = np.concatenate([b[0] for b in batches])
+    probs = np.concatenate([b[1] for b in batches])
+    gated = distance_threshold is not None and all(b[2] is not None for b in batches)
+    distances = np.concatenate([b[2] for b in batches]) if gated else None
     frame = pd.DataFrame(
         {
             "recording": path,
             "label": label or "",
             "start": starts,
             "predicted": [class_names[i] for i in probs.argmax(axis=1)],
-            "unknown": window_unknown(probs, abstain),
+            "unknown": window_unknown(probs, abstain, distances, distance_threshold),
         }
     )
+    if distances is not None:
+        frame["distance"] = distances
     for i, c in enumerate(class_names):
         frame[f"p_{c}"] = probs[:, i]
     return frame

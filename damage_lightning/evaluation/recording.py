@@ -83,6 +83,7 @@ class RecordingOutcome:
         agreement: share of windows whose top class is the predicted one.
         n_windows: windows decided over.
         correct: the top class is the true one.
+        distance: mean feature distance of its windows (with a distance gate), else ``None``.
     """
 
     name: str
@@ -93,6 +94,7 @@ class RecordingOutcome:
     agreement: float
     n_windows: int
     correct: bool
+    distance: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The outcome as plain JSON values."""
@@ -120,6 +122,7 @@ def outcomes(
             agreement=float(d.agreement),
             n_windows=int(d.n_windows),
             correct=d.predicted == labels[key],
+            distance=d.distance,
         )
         for key, d in decisions.items()
     ]
@@ -176,6 +179,8 @@ def evaluate_recordings(
     rule: str = "mean_log_prob",
     abstain: float | None = None,
     groups: Sequence[str] | None = None,
+    distances: np.ndarray | None = None,
+    distance_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Recording-level (and group-level) metrics of test windows.
 
@@ -191,6 +196,8 @@ def evaluate_recordings(
             the manifest has none); a group level is added when every recording has a group,
             some group holds more than one test recording and every group one class (a unit
             recorded in several states has no single true class).
+        distances: ``(n,)`` feature distance per window (a model with a distance gate).
+        distance_threshold: the gate's threshold on a recording's mean distance, or ``None``.
 
     Returns:
         ``{"aggregation", "recording": metrics, "table": [outcome, ...] (worst first),
@@ -199,7 +206,8 @@ def evaluate_recordings(
     probabilities = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     recordings = np.asarray(recordings, dtype=np.int64)
-    decisions = decide_groups(probabilities, recordings, rule, abstain)
+    gate = {"distances": distances, "distance_threshold": distance_threshold}
+    decisions = decide_groups(probabilities, recordings, rule, abstain, **gate)
     rec_labels = {
         int(r): _only_label(labels[recordings == r], recording_names[r]) for r in decisions
     }
@@ -213,8 +221,11 @@ def evaluate_recordings(
     }
     if groups is not None and all(g is not None for g in groups):
         result["group"] = _group_level(
-            probabilities, labels, recordings, groups, class_names, rule, abstain
+            probabilities, labels, recordings, groups, class_names, rule, abstain, gate
         )
+    for level in ("recording", "group"):
+        if result[level] is not None:
+            result[level]["distance_threshold"] = distance_threshold
     return result
 
 
@@ -226,6 +237,7 @@ def _group_level(
     class_names: list[str],
     rule: str,
     abstain: float | None,
+    gate: dict[str, Any],
 ) -> dict[str, Any] | None:
     window_groups = np.asarray([str(groups[r]) for r in recordings])
     keys = sorted(set(window_groups.tolist()))
@@ -237,7 +249,7 @@ def _group_level(
         if len(values) != 1:
             return None
         group_labels[g] = int(values[0])
-    decisions = decide_groups(probabilities, window_groups, rule, abstain)
+    decisions = decide_groups(probabilities, window_groups, rule, abstain, **gate)
     rows = outcomes(decisions, group_labels, {g: g for g in keys}, class_names)
     return level_metrics(rows, class_names, abstain)
 

@@ -15,6 +15,8 @@ INPUT_NAME = "waveform"
 OUTPUT_NAMES = ("logits", "probabilities")
 #: Outputs of a model with an abstain floor: also whether each window is ``unknown``.
 ABSTAIN_OUTPUT_NAMES = ("logits", "probabilities", "unknown")
+#: Outputs of a model with a feature-distance gate: also each window's distance.
+GATED_OUTPUT_NAMES = ("logits", "probabilities", "unknown", "distance")
 
 
 class DeployableModel(nn.Module):
@@ -33,8 +35,6 @@ class DeployableModel(nn.Module):
     output_names = OUTPUT_NAMES
     # Plain Python data for the export metadata, not part of the scripted graph.
     __jit_ignored_attributes__: ClassVar[list[str]] = ["metadata_extra"]
-
-    temperature: Tensor
 
     def __init__(self, frontend: nn.Module, net: nn.Module, temperature: float = 1.0):
         super().__init__()
@@ -78,8 +78,6 @@ class AbstainingModel(DeployableModel):
 
     output_names = ABSTAIN_OUTPUT_NAMES
 
-    abstain: Tensor
-
     def __init__(
         self, frontend: nn.Module, net: nn.Module, temperature: float = 1.0, abstain: float = 0.5
     ):
@@ -96,6 +94,82 @@ class AbstainingModel(DeployableModel):
         """
         logits, probabilities = self.scores(waveform)
         return logits, probabilities, probabilities.amax(dim=-1) < self.abstain
+
+
+def min_mahalanobis(features: Tensor, means: Tensor, precision: Tensor) -> Tensor:
+    """Squared Mahalanobis distance of each row of ``features`` to the nearest class mean.
+
+    ``(f - m)^T P (f - m)`` expanded into matrix products (no ``(B, K, D)`` intermediate, and
+    only operators every ONNX runtime has).
+
+    Args:
+        features: ``(B, D)`` embeddings.
+        means: ``(K, D)`` class means.
+        precision: ``(D, D)`` inverse of the shared covariance.
+
+    Returns:
+        ``(B,)`` float32 distances.
+    """
+    f = features.float()
+    fp = f @ precision
+    own = (fp * f).sum(dim=-1, keepdim=True)
+    cross = fp @ means.t()
+    centre = ((means @ precision) * means).sum(dim=-1)
+    return (own - 2.0 * cross + centre).clamp_min(0.0).amin(dim=-1)
+
+
+class DistanceGatedModel(DeployableModel):
+    """A :class:`DeployableModel` that also gives each window's distance to the training classes.
+
+    The network is split into its body (spectrogram to embedding) and its last linear layer;
+    the distance is the squared Mahalanobis distance of the embedding to the nearest training
+    class mean (shared covariance). A window is ``unknown`` when its distance is above the
+    threshold or its top probability below the floor.
+
+    Args:
+        frontend: the front end.
+        net: the network, an ``nn.Sequential`` ending in its linear head.
+        temperature: the calibration temperature.
+        abstain: calibrated probability floor, or ``None``.
+        means: ``(K, D)`` class means of the training embeddings.
+        precision: ``(D, D)`` inverse shared covariance.
+        threshold: distance above which a recording (and a window) is unknown.
+    """
+
+    output_names = GATED_OUTPUT_NAMES
+
+    def __init__(
+        self,
+        frontend: nn.Module,
+        net: nn.Module,
+        temperature: float,
+        abstain: float | None,
+        means: Tensor,
+        precision: Tensor,
+        threshold: float,
+    ):
+        super().__init__(frontend, net, temperature)
+        if not isinstance(net, nn.Sequential) or not isinstance(net[-1], nn.Linear):
+            raise ValueError("a distance gate needs a Sequential network ending in nn.Linear")
+        self.body = net[:-1]
+        self.head = net[-1]
+        self.register_buffer("floor", torch.tensor(0.0 if abstain is None else float(abstain)))
+        self.register_buffer("means", means.detach().float().clone())
+        self.register_buffer("precision", precision.detach().float().clone())
+        self.register_buffer("threshold", torch.tensor(float(threshold)))
+
+    def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # type: ignore[override]
+        """``(logits, probabilities, unknown, distance)``.
+
+        Args:
+            waveform: float32 ``(B, C, window)``.
+        """
+        features = self.body(self.frontend(waveform))
+        logits = self.head(features).float() / self.temperature
+        probabilities = torch.softmax(logits, dim=-1)
+        distance = min_mahalanobis(features, self.means, self.precision)
+        unknown = (probabilities.amax(dim=-1) < self.floor) | (distance > self.threshold)
+        return logits, probabilities, unknown, distance
 
 
 def device_of(model: nn.Module) -> torch.device:

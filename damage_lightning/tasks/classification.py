@@ -105,6 +105,11 @@ class ClassificationTask(BaseTask):
         abstain: calibrated probability floor: a recording (or window) whose confidence is
             below it is ``unknown`` instead of its top class; ``None`` never abstains.
         calibrate: fit temperature scaling on the validation split after training.
+        abstain_distance: a feature-distance gate: after training, fit the class means and
+            shared covariance of the training windows' embeddings; a recording whose mean
+            (squared Mahalanobis) distance to the nearest class exceeds that of every
+            validation recording is ``unknown``. Catches states absent from training, which
+            the probability floor alone does not (they look confidently like a neighbour).
         **kwargs: the arguments of :class:`~damage_lightning.tasks.base.BaseTask`
             (``in_channels``, ``input_shape``, ``lr``, ``optimizer``, ...).
     """
@@ -121,6 +126,7 @@ class ClassificationTask(BaseTask):
         aggregation: Aggregation = "mean_log_prob",
         abstain: float | None = None,
         calibrate: bool = True,
+        abstain_distance: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_classification_arguments(dropout, num_classes, class_names, label_smoothing)
@@ -137,6 +143,15 @@ class ClassificationTask(BaseTask):
         self.test_results: dict[str, Any] = {}
         #: What :meth:`calibrate` fitted (``None`` before).
         self.calibration_fit: dict[str, Any] | None = None
+        #: What :meth:`fit_distance_gate` fitted (``None`` before).
+        self.distance_fit: dict[str, Any] | None = None
+        if abstain_distance:
+            width = self._embedding_width()
+            k = self.hparams.num_classes
+            self.register_buffer("feature_means", torch.zeros(k, width))
+            self.register_buffer("feature_precision", torch.zeros(width, width))
+            # Infinite until fitted: nothing is unknown by distance.
+            self.register_buffer("distance_threshold", torch.tensor(float("inf")))
         self._test_outputs: list[tuple[Tensor, Tensor, Tensor]] = []
 
     # ---------------------------------------------------------------------- override points
@@ -254,13 +269,21 @@ class ClassificationTask(BaseTask):
 
     def _eval_step(self, stage: Stage, batch: Any) -> Tensor:
         x, y = batch[0], batch[1]
-        logits = self(x)
+        gated = stage == "test" and self.hparams.abstain_distance
+        if gated:
+            features = self.embed(x)
+            logits = self.net[-1](features)
+        else:
+            logits = self(x)
         loss = self.criterion(logits, y)
         getattr(self, f"{stage}_loss_mean").update(loss.detach(), y.shape[0])
         getattr(self, f"{stage}_metrics").update(logits.detach().argmax(dim=-1), y)
         if stage == "test" and len(batch) > 2:
             # Raw logits: the calibration figures compare T = 1 with the fitted temperature.
-            self._test_outputs.append((logits.detach().float().cpu(), y.cpu(), batch[2].cpu()))
+            distance = self.distance(features) if gated else torch.zeros(len(y))
+            self._test_outputs.append(
+                (logits.detach().float().cpu(), y.cpu(), batch[2].cpu(), distance.detach().cpu())
+            )
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -294,9 +317,15 @@ class ClassificationTask(BaseTask):
             ``predicted`` (argmax) and the batch's ``label``, ``recording`` and ``start``.
         """
         x, label, recording, start = batch[0], batch[1], batch[2], batch[3]
-        logits = self(x).float() / self.temperature
+        distance = None
+        if self.hparams.abstain_distance:
+            features = self.embed(x)
+            logits = self.net[-1](features).float() / self.temperature
+            distance = self.distance(features)
+        else:
+            logits = self(x).float() / self.temperature
         probabilities = logits.softmax(dim=-1)
-        return {
+        out = {
             "logits": logits.cpu(),
             "probabilities": probabilities.cpu(),
             "predicted": probabilities.argmax(dim=-1).cpu(),
@@ -304,6 +333,9 @@ class ClassificationTask(BaseTask):
             "recording": _cpu(recording),
             "start": _cpu(start),
         }
+        if distance is not None:
+            out["distance"] = distance.cpu()
+        return out
 
     # --------------------------------------------------------------------------- epoch ends
     def on_validation_epoch_end(self) -> None:
@@ -340,9 +372,10 @@ class ClassificationTask(BaseTask):
         from damage_lightning.evaluation.calibration import calibration_summary, softmax
         from damage_lightning.evaluation.recording import evaluate_recordings
 
-        logits, labels, recordings = (
-            self._gathered(torch.cat([o[i] for o in self._test_outputs])) for i in range(3)
+        logits, labels, recordings, distances = (
+            self._gathered(torch.cat([o[i] for o in self._test_outputs])) for i in range(4)
         )
+        threshold = self.gate_threshold
         temperature = float(self.temperature)
         datamodule = getattr(self.trainer, "datamodule", None)
         specs = getattr(getattr(datamodule, "dataset", None), "recordings", None)
@@ -361,7 +394,11 @@ class ClassificationTask(BaseTask):
             rule=self.hparams.aggregation,
             abstain=self.hparams.abstain,
             groups=groups,
+            distances=distances if threshold is not None else None,
+            distance_threshold=threshold,
         )
+        if self.distance_fit is not None:
+            recording["distance_fit"] = self.distance_fit
         calibration = calibration_summary(logits, labels, temperature)
         calibration["fit"] = self.calibration_fit
         return {"calibration": calibration, "recording": recording}
@@ -432,6 +469,106 @@ class ClassificationTask(BaseTask):
         }
         return self.calibration_fit
 
+    # ------------------------------------------------------------------------ distance gate
+    def _embedding_width(self) -> int:
+        net = self.net
+        if not isinstance(net, nn.Sequential) or not isinstance(net[-1], nn.Linear):
+            raise ValueError(
+                "abstain_distance needs a network that is an nn.Sequential ending in its linear "
+                f"head; {type(self).__name__} builds {type(net).__name__}"
+            )
+        return int(net[-1].in_features)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The network's embedding of spectrograms ``(B, C, F, T)``: all layers but the head."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net[:-1](x)
+
+    def distance(self, features: Tensor) -> Tensor:
+        """Squared Mahalanobis distance of embeddings to the nearest training class mean."""
+        from damage_lightning.export.deployable import min_mahalanobis
+
+        return min_mahalanobis(features, self.feature_means, self.feature_precision)
+
+    @property
+    def gate_threshold(self) -> float | None:
+        """The distance gate's threshold once fitted, else ``None``."""
+        if not self.hparams.abstain_distance:
+            return None
+        value = float(self.distance_threshold)
+        return value if math.isfinite(value) else None
+
+    @torch.no_grad()
+    def _split_embeddings(self, datamodule: Any, split: str) -> tuple[Tensor, Tensor, Tensor]:
+        from damage_lightning.export.deployable import device_of
+
+        device = self.temperature.device
+        frontend_device = device_of(datamodule.frontend)
+        was_training = self.training
+        self.eval()
+        feats, labels, recs = [], [], []
+        try:
+            for wave, y, rec, _ in datamodule.waveform_windows(split):
+                x = datamodule.frontend(wave.to(frontend_device)).to(device)
+                feats.append(self.embed(x).float())
+                labels.append(y.to(device))
+                recs.append(rec.to(device))
+        finally:
+            self.train(was_training)
+        if not feats:
+            raise ValueError(f"the distance gate needs {split} windows; the {split} split is empty")
+        return torch.cat(feats), torch.cat(labels), torch.cat(recs)
+
+    def fit_distance_gate(self, datamodule: Any) -> dict[str, Any]:
+        """Fit class means, shared covariance and threshold of the distance gate.
+
+        Means and covariance come from the training windows' embeddings (the covariance is
+        shrunk by ``1e-3`` of its mean variance towards a multiple of the identity, so it is
+        invertible even with fewer windows than dimensions). The threshold is the largest mean
+        distance of a validation recording (plus 0.1 %): a new recording of a known class is
+        then further out than every validation recording with probability about
+        ``1 / (n_val + 1)``.
+
+        Args:
+            datamodule: the DamageDataModule the task was trained on.
+        """
+        feats, labels, _ = self._split_embeddings(datamodule, "train")
+        k, width = self.feature_means.shape
+        feats64 = feats.double()
+        means = torch.stack(
+            [
+                feats64[labels == c].mean(dim=0)
+                if bool((labels == c).any())
+                else feats64.mean(dim=0)
+                for c in range(k)
+            ]
+        )
+        centred = feats64 - means[labels]
+        cov = centred.t() @ centred / max(1, len(centred) - k)
+        ridge = 1e-3 * torch.trace(cov) / width
+        precision = torch.linalg.inv(
+            cov + ridge * torch.eye(width, dtype=cov.dtype, device=cov.device)
+        )
+        self.feature_means.copy_(means.float())
+        self.feature_precision.copy_(precision.float())
+        val_feats, _, val_recs = self._split_embeddings(datamodule, "val")
+        distances = self.distance(val_feats)
+        per_recording = [
+            float(distances[val_recs == r].mean()) for r in torch.unique(val_recs).tolist()
+        ]
+        # 0.1 % above the largest: that validation recording itself stays known whatever
+        # float differences between runtimes (eager, ONNX, TorchScript) do to its distance.
+        threshold = max(per_recording) * (1.0 + 1e-3)
+        self.distance_threshold.fill_(threshold)
+        self.distance_fit = {
+            "train_windows": len(feats),
+            "val_recordings": len(per_recording),
+            "threshold": threshold,
+            "val_median": float(torch.tensor(per_recording).median()),
+        }
+        return self.distance_fit
+
     # ----------------------------------------------------------------------------- export
     def deployable(self, frontend: nn.Module) -> nn.Module:
         """Front end, network and temperature in one module (window ``unknown`` with abstain).
@@ -439,12 +576,32 @@ class ClassificationTask(BaseTask):
         Args:
             frontend: the spectrogram front end the network was trained behind.
         """
-        from damage_lightning.deploy.metadata import ABSTAIN_KEY, AGGREGATION_KEY, TEMPERATURE_KEY
-        from damage_lightning.export.deployable import AbstainingModel, DeployableModel
+        from damage_lightning.deploy.metadata import (
+            ABSTAIN_KEY,
+            AGGREGATION_KEY,
+            DISTANCE_THRESHOLD_KEY,
+            TEMPERATURE_KEY,
+        )
+        from damage_lightning.export.deployable import (
+            AbstainingModel,
+            DeployableModel,
+            DistanceGatedModel,
+        )
 
         temperature = float(self.temperature)
         abstain = self.hparams.abstain
-        if abstain is None:
+        threshold = self.gate_threshold
+        if threshold is not None:
+            module = DistanceGatedModel(
+                frontend,
+                self.net,
+                temperature=temperature,
+                abstain=abstain,
+                means=self.feature_means,
+                precision=self.feature_precision,
+                threshold=threshold,
+            )
+        elif abstain is None:
             module = DeployableModel(frontend, self.net, temperature=temperature)
         else:
             module = AbstainingModel(frontend, self.net, temperature=temperature, abstain=abstain)
@@ -452,6 +609,7 @@ class ClassificationTask(BaseTask):
             AGGREGATION_KEY: self.hparams.aggregation,
             ABSTAIN_KEY: abstain,
             TEMPERATURE_KEY: temperature,
+            DISTANCE_THRESHOLD_KEY: threshold,
         }
         return module
 

@@ -238,7 +238,7 @@ def test_chunked_scoring_equals_whole_recording(model_and_file):
     whole, _ = score_recording(model, wave, HOP, batch_size=10_000)
     chunked, batches = score_recording(model, wave, HOP, batch_size=7, keep=True)
     assert whole.n_windows == chunked.n_windows == (5000 - WINDOW) // HOP + 1
-    assert max(len(s) for s, _ in batches) == 7
+    assert max(len(b[0]) for b in batches) == 7
     np.testing.assert_allclose(chunked.probabilities, whole.probabilities, atol=1e-12)
     assert chunked.predicted == whole.predicted and chunked.agreement == whole.agreement
 
