@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--epochs", type=int, default=None, help="max epochs (default: the config's)"
     )
+    parser.add_argument(
+        "--distance", action="store_true", help="also fit the feature-distance gate"
+    )
     args = parser.parse_args(argv)
     if args.data is None:
         from damage_lightning.data.synthetic import default_dataset_dir
