@@ -160,6 +160,7 @@ def finalize_run(
             "numpy": np.__version__,
         },
     )
+    card.sensor_health = getattr(datamodule, "sensor_health", None)
     novelty = getattr(model, "novelty_results", None)
     if novelty is not None:
         card.novelty = novelty
@@ -238,8 +239,10 @@ def write_predictions(
     """Write ``predictions.csv`` (per window) and ``recording_predictions.csv`` (per recording).
 
     The per-recording decision and table are the gateway's (``damage_lightning.deploy``), so
-    ``predict`` and ``python -m damage_lightning.deploy`` agree row for row. A novelty detector's
-    outputs (``score``, ``alarm``) give scores and alarms instead of class probabilities.
+    ``predict`` and ``python -m damage_lightning.deploy`` agree row for row: windows that overlap
+    a sensor-health finding (``datamodule.predict_findings``) get ``sensor_ok`` false and stay
+    out of their recording's decision. A novelty detector's outputs (``score``, ``alarm``) give
+    scores and alarms instead of class probabilities.
 
     Args:
         outputs: what ``predict_step`` returned per batch.
@@ -253,10 +256,12 @@ def write_predictions(
         return write_novelty_predictions(outputs, datamodule.predict_recordings(), model, out_dir)
     from damage_lightning.deploy.predict import (
         RECORDING_COLUMNS,
+        add_health_columns,
         aggregate_windows,
-        recording_row,
+        gated_row,
         to_csv_bytes,
     )
+    from damage_lightning.evaluation.health import index_health
 
     names = datamodule.class_names
     recordings = datamodule.predict_recordings()
@@ -273,10 +278,14 @@ def write_predictions(
     )
     for i, c in enumerate(names):
         windows[f"p_{c}"] = probs[:, i]
-    rows = [
-        recording_row(recordings[r][0], recordings[r][1], aggregate_windows(probs[rec == r]), names)
-        for r in sorted(set(rec.tolist()), key=lambda r: recordings[r][0])
-    ]
+    health = index_health(rec, start, datamodule.predict_findings(), datamodule.window)
+    add_health_columns(windows, health)
+    rows = []
+    for r in sorted(set(rec.tolist()), key=lambda r: recordings[r][0]):
+        passed = probs[(rec == r) & health.ok]
+        agg = aggregate_windows(passed) if len(passed) else None
+        flagged = int(np.count_nonzero((rec == r) & ~health.ok))
+        rows.append(gated_row(recordings[r][0], recordings[r][1], agg, flagged, names))
     per_rec = pd.DataFrame(rows, columns=[*RECORDING_COLUMNS, *(f"p_{c}" for c in names)])
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "predictions.csv", out_dir / "recording_predictions.csv"]
