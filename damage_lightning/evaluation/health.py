@@ -75,7 +75,8 @@ class HealthOptions:
             the channel's median block standard deviation (1e-3: 60 dB down, below the noise
             floor a live accelerometer chain shows relative to its normal signal).
         flat_min_s: length of the blocks over which the level is measured, seconds (0.1 s: long
-            enough for a stable estimate, at least ``MIN_BLOCK`` samples).
+            enough for a stable estimate, at least ``MIN_BLOCK`` samples). A finding's range is
+            widened by one block on either side, where the collapse starts or ends mid-block.
         flat_precision: a whole channel whose peak-to-peak range is below this share of its
             largest magnitude is constant to the precision it was written with (1e-5: five
             significant digits).
@@ -92,10 +93,13 @@ class HealthOptions:
             electrical glitch or bit error stands alone).
         spike_neighbours: samples on either side compared with a spike candidate (8: a
             resonance below an eighth of the sample rate keeps the adjacent samples within 70 %
-            of the peak; one above it completes a cycle within 8 samples).
+            of the peak; one above it completes a cycle within 8 samples). Samples closer than
+            this to either end of the recording are not judged: what follows them is missing.
         dc_factor: a DC offset is a mean larger than this many standard deviations (1: an
             AC-coupled vibration signal oscillates about zero; even one cycle in the whole
-            recording keeps the mean below half the standard deviation).
+            recording keeps the mean below half the standard deviation). Channels that carry a
+            mean in the training recordings (a DC-coupled sensor that sees gravity) are left alone
+            when the reference says so.
         drift_blocks: the recording is cut into this many equal blocks to see its baseline move.
         drift_factor: drift is a spread of the block means larger than this many times the mean
             standard deviation within the blocks (1: vibration with more than a few cycles per
