@@ -415,6 +415,7 @@ class ModelCard(JsonRecord):
     versions: dict[str, str | None]
     report: ReportEntry | None = None
     novelty: NoveltyCard | None = None
+    sensor_health: SensorHealthCard | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,6 +489,67 @@ class NoveltyCard(JsonRecord):
     recording_threshold: ThresholdRecord
     test: DetectorResults | None = None
     reference: DetectorResults | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# ``sensor_health``: the sensor-health gate (evaluation/health.py) before training and prediction.
+
+
+@dataclass(kw_only=True)
+class SensorFinding(JsonRecord):
+    """One sensor fault: the channel of a recording, its samples ``[start, stop)``, and why.
+
+    ``kind`` is one of ``evaluation.health.KINDS`` (``clipping``, ``flat_line``, ``dropout``,
+    ``spike``, ``dc_offset``, ``drift``, ``rms_range``); ``reason`` says it in words with the
+    numbers.
+    """
+
+    file: str
+    channel: str
+    start: int
+    stop: int
+    kind: str
+    reason: str
+
+
+@dataclass(kw_only=True)
+class SensorReference(JsonRecord):
+    """What the gate compares a recording with, fitted on the training data, per channel.
+
+    ``log10_rms_low`` / ``log10_rms_high`` bound the decimal logarithm of a recording's RMS about
+    its mean (robust centre and spread of the training recordings, widened by a margin);
+    ``dc_coupled`` marks channels whose training recordings carry a mean above the DC-offset
+    limit (a DC-coupled sensor that sees gravity), which the DC-offset check leaves alone.
+    """
+
+    channels: list[str]
+    log10_rms_median: list[float]
+    log10_rms_low: list[float]
+    log10_rms_high: list[float]
+    dc_coupled: list[bool]
+    recordings: int
+
+
+@dataclass(kw_only=True)
+class SensorHealthCard(JsonRecord):
+    """``sensor_health``: what the gate found in the data and what it did about it.
+
+    ``action`` is the DataModule's ``health`` option; ``excluded_recordings`` lists the
+    recordings left out (``exclude_recording``), ``flagged_windows`` the windows per split that
+    overlap a finding (left out with ``exclude_windows``, kept with ``warn``); ``options`` are the
+    thresholds (``evaluation.health.HealthOptions``). ``findings`` holds the first findings,
+    ``findings_total`` how many there were.
+    """
+
+    action: str
+    recordings_checked: int
+    recordings_with_findings: int
+    findings: list[SensorFinding]
+    findings_total: int
+    excluded_recordings: list[str] = field(default_factory=list)
+    flagged_windows: dict[str, int] = field(default_factory=dict)
+    reference: SensorReference | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -678,6 +740,9 @@ __all__ = [
     "ModelSummary",
     "NoveltyCard",
     "ReportEntry",
+    "SensorFinding",
+    "SensorHealthCard",
+    "SensorReference",
     "SplitSummary",
     "SplitTotals",
     "ThresholdRecord",

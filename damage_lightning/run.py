@@ -160,6 +160,7 @@ def finalize_run(
             "numpy": np.__version__,
         },
     )
+    card.sensor_health = getattr(datamodule, "sensor_health", None)
     novelty = getattr(model, "novelty_results", None)
     if novelty is not None:
         card.novelty = novelty
@@ -238,8 +239,10 @@ def write_predictions(
     """Write ``predictions.csv`` (per window) and ``recording_predictions.csv`` (per recording).
 
     The per-recording decision and table are the gateway's (``damage_lightning.deploy``), so
-    ``predict`` and ``python -m damage_lightning.deploy`` agree row for row. A novelty detector's
-    outputs (``score``, ``alarm``) give scores and alarms instead of class probabilities.
+    ``predict`` and ``python -m damage_lightning.deploy`` agree row for row: windows that overlap
+    a sensor-health finding (``datamodule.predict_findings``) get ``sensor_ok`` false and stay
+    out of their recording's decision. A novelty detector's outputs (``score``, ``alarm``) give
+    scores and alarms instead of class probabilities.
 
     Args:
         outputs: what ``predict_step`` returned per batch.
@@ -253,11 +256,13 @@ def write_predictions(
         return write_novelty_predictions(outputs, datamodule.predict_recordings(), model, out_dir)
     from damage_lightning.deploy.decision import WindowSums, decide
     from damage_lightning.deploy.predict import (
+        add_health_columns,
+        gated_row,
         recording_columns,
-        recording_row,
         to_csv_bytes,
         window_rows,
     )
+    from damage_lightning.evaluation.health import WindowHealth, index_health
 
     names = datamodule.class_names
     hparams = getattr(model, "hparams", {})
@@ -271,17 +276,26 @@ def write_predictions(
     dist = None
     if threshold is not None and "distance" in outputs[0]:
         dist = torch.cat([o["distance"] for o in outputs]).double().numpy()
+    health = index_health(rec, start, datamodule.predict_findings(), datamodule.window)
+    reasons = np.asarray(health.reasons, dtype=object)
     window_parts, rows = [], []
     for r in sorted(set(rec.tolist())):
         path, label = recordings[r]
         mask = rec == r
         batch = (start[mask], probs[mask], None if dist is None else dist[mask])
-        window_parts.append(window_rows(path, label, [batch], names, abstain, threshold))
+        frame = window_rows(path, label, [batch], names, abstain, threshold)
+        window_parts.append(
+            add_health_columns(frame, WindowHealth(health.ok[mask], list(reasons[mask])))
+        )
     for r in sorted(set(rec.tolist()), key=lambda r: recordings[r][0]):
         path, label = recordings[r]
-        mask = rec == r
-        sums = WindowSums.of(probs[mask], None if dist is None else dist[mask])
-        rows.append(recording_row(path, label, decide(sums, rule, abstain, threshold), names))
+        passed = (rec == r) & health.ok
+        decision = None
+        if passed.any():
+            sums = WindowSums.of(probs[passed], None if dist is None else dist[passed])
+            decision = decide(sums, rule, abstain, threshold)
+        flagged = int(np.count_nonzero((rec == r) & ~health.ok))
+        rows.append(gated_row(path, label, decision, flagged, names))
     windows = pd.concat(window_parts, ignore_index=True)
     per_rec = pd.DataFrame(rows, columns=recording_columns(names, threshold is not None))
     out_dir.mkdir(parents=True, exist_ok=True)

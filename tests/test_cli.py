@@ -111,9 +111,26 @@ def test_validate_test_predict_with_checkpoints(fitted, tiny_data, cache_dir, tm
     assert abs(probs.sum(axis=1) - 1).max() < 1e-4
     assert set(recs["path"]) == set(windows["recording"])
     assert ((recs["agreement"] > 0) & (recs["agreement"] <= 1)).all()
+    # The built-in data pass the sensor-health gate: no window is flagged.
+    assert windows["sensor_ok"].all() and (recs["n_flagged"] == 0).all()
     # Predicting the test split: its window count is what the model card says.
     info = json.loads((run / "model_info.json").read_text())
     assert len(windows) == info["data"]["windows"]["test"]
+
+
+def test_fit_records_sensor_health_and_ships_its_reference(fitted):
+    from damage_lightning.deploy.session import OnnxModel
+    from damage_lightning.evaluation.health import reference_from_metadata
+
+    run, _ = fitted
+    health = json.loads((run / "model_info.json").read_text())["sensor_health"]
+    assert health["action"] == "warn" and health["recordings_checked"] == 20
+    assert health["findings_total"] == 0 and health["findings"] == []
+    # The RMS reference reaches the checkpoint and the exported model, for the gateway's gate.
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["damage_lightning"]["health_reference"] == health["reference"]
+    meta = OnnxModel.load(run / "export" / "model.onnx").metadata
+    assert reference_from_metadata(meta.extra).to_json() == health["reference"]
 
 
 def test_export_subcommand_regenerates(fitted, tmp_path, capsys):

@@ -13,7 +13,14 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
+from damage_lightning.card import SensorFinding, SensorHealthCard, SensorReference
 from damage_lightning.data.frontend import SpectrogramFrontend
+from damage_lightning.data.health_gate import (
+    HealthAction,
+    apply_gate,
+    flag_split_windows,
+    rethrow_with_exclusions,
+)
 from damage_lightning.data.novelty_split import plan_novelty_splits
 from damage_lightning.data.prefetch import PrefetchingWindowLoader
 from damage_lightning.data.splits import SplitPlan, plan_splits
@@ -116,6 +123,13 @@ class DamageDataModule(pl.LightningDataModule):
         synthetic_scenario: the built-in dataset used when ``data_dir`` is ``None``:
             ``classes`` (five classes for a classifier) or ``monitoring`` (many healthy
             recordings plus small damage, for ``configs/novelty.yaml``).
+        health: the sensor-health gate (clipping, flat lines, dropouts, spikes, DC offset, drift,
+            RMS far outside the data's range; ``damage_lightning.evaluation.health``), run on
+            the loaded recordings before the split: ``warn`` prints each finding and keeps
+            everything, ``exclude_recording`` leaves out recordings with a finding,
+            ``exclude_windows`` leaves out the windows that overlap one, ``off`` checks nothing.
+            The findings go into model_info.json and the report; ``predict`` flags windows that
+            overlap a finding unless ``off``.
     """
 
     def __init__(
@@ -152,6 +166,7 @@ class DamageDataModule(pl.LightningDataModule):
         tdms_group: str | None = None,
         healthy_label: str | None = None,
         synthetic_scenario: Literal["classes", "monitoring"] = "classes",
+        health: HealthAction = "warn",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -181,6 +196,13 @@ class DamageDataModule(pl.LightningDataModule):
         self._device: torch.device | None = None
         self._predict: tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]] | None = None
         self._frontend_state: dict[str, Tensor] | None = None
+        #: The sensor-health gate's record for the model card (``None`` with ``health: off``).
+        self.sensor_health: SensorHealthCard | None = None
+        #: The RMS reference the gate compares with (fitted on the data, or the checkpoint's).
+        self.health_reference: SensorReference | None = None
+        self._findings: list[list[SensorFinding]] = []
+        self._excluded: list[str] = []
+        self._predict_findings: list[list[SensorFinding]] | None = None
 
     @property
     def reader_options(self) -> ReaderOptions:
@@ -352,31 +374,37 @@ class DamageDataModule(pl.LightningDataModule):
         """Read and validate all recordings, split them, cut windows, fit the normalisation."""
         ds = self._load()
         if self.plan is None:
+            ds = self._apply_health(ds)
             healthy = self.healthy_class
             planner = plan_splits if healthy is None else plan_novelty_splits
             extra = {} if healthy is None else {"healthy": healthy}
-            self.plan = planner(
-                labels=ds.labels,
-                lengths=[w.shape[1] for w in ds.waveforms],
-                window=self.window,
-                hop=self.hop,
-                groups=[r.group for r in ds.recordings],
-                explicit=[r.split for r in ds.recordings],
-                fractions=(
-                    1.0 - self.hparams.val_fraction - self.hparams.test_fraction,
-                    self.hparams.val_fraction,
-                    self.hparams.test_fraction,
-                ),
-                seed=self.hparams.seed,
-                strategy=self.hparams.split_strategy,
-                relpaths=[r.relpath for r in ds.recordings],
-                **extra,
-            )
+            try:
+                plan = planner(
+                    labels=ds.labels,
+                    lengths=[w.shape[1] for w in ds.waveforms],
+                    window=self.window,
+                    hop=self.hop,
+                    groups=[r.group for r in ds.recordings],
+                    explicit=[r.split for r in ds.recordings],
+                    fractions=(
+                        1.0 - self.hparams.val_fraction - self.hparams.test_fraction,
+                        self.hparams.val_fraction,
+                        self.hparams.test_fraction,
+                    ),
+                    seed=self.hparams.seed,
+                    strategy=self.hparams.split_strategy,
+                    relpaths=[r.relpath for r in ds.recordings],
+                    **extra,
+                )
+            except DataValidationError as exc:
+                rethrow_with_exclusions(exc, self._excluded, str(self.data_root))
+            self.plan = plan
             classes = self.class_names
             self._labels = np.array([classes.index(lab) for lab in ds.labels], dtype=np.int64)
             self.indices = {
                 s: build_window_index(self.plan, s, self.window, self.hop) for s in SPLITS
             }
+            self._flag_windows()
             empty = [s for s in SPLITS if len(self.indices[s]) == 0 and self._fraction(s) > 0]
             if empty:
                 raise DataValidationError(
@@ -400,6 +428,62 @@ class DamageDataModule(pl.LightningDataModule):
             "val": self.hparams.val_fraction,
             "test": self.hparams.test_fraction,
         }[split]
+
+    # ------------------------------------------------------------------ sensor health
+    def _apply_health(self, ds: LoadedDataset) -> LoadedDataset:
+        """Run the sensor-health gate on the loaded recordings (before the split)."""
+        gate = apply_gate(
+            ds, self.hparams.health, str(self.data_root), echo=rank_zero_only.rank == 0
+        )
+        self.dataset, self._findings, self._excluded = gate.dataset, gate.findings, gate.excluded
+        self.sensor_health = gate.card
+        if self.health_reference is None:
+            self.health_reference = gate.reference
+        return gate.dataset
+
+    def _flag_windows(self) -> None:
+        """Count (and with ``exclude_windows`` drop) the windows of each split at a finding."""
+        drop = self.hparams.health == "exclude_windows"
+        counts = {}
+        for s in SPLITS:
+            self.indices[s], counts[s] = flag_split_windows(
+                self.indices[s], self._findings, self.window, drop
+            )
+        if self.sensor_health is not None:
+            self.sensor_health.flagged_windows = counts
+
+    def restore_health_reference(self, reference: dict[str, Any] | None) -> None:
+        """Take the RMS reference of a checkpoint (``predict`` then judges by the training data).
+
+        Args:
+            reference: the checkpoint's ``SensorReference`` as JSON values (``None``: a
+                checkpoint from before the gate; the reference fitted on these data is kept).
+        """
+        if reference:
+            self.health_reference = SensorReference.from_json(reference, where="health_reference")
+            self._predict_findings = None
+
+    def predict_findings(self) -> list[list[SensorFinding]]:
+        """The sensor-health findings of each recording of :meth:`predict_recordings`, by index.
+
+        Empty lists with ``health: off``. The recordings of ``predict_data_dir`` are checked
+        against :attr:`health_reference` (the checkpoint's when one was loaded).
+        """
+        if self.hparams.health == "off":
+            return [[] for _ in self.predict_recordings()]
+        if not self.hparams.predict_data_dir:
+            return self._findings
+        if self._predict_findings is None:
+            if self._predict is None:
+                self._predict = self._load_predict_recordings()
+            from damage_lightning.evaluation.health import check_recording
+
+            waveforms, _, _, paths = self._predict
+            self._predict_findings = [
+                check_recording(w, self.channels, p, self.sample_rate, self.health_reference)
+                for w, p in zip(waveforms, paths, strict=True)
+            ]
+        return self._predict_findings
 
     def _choose_device(self) -> torch.device | None:
         """Where batches are cut: on the accelerator when the data fit, else from host memory."""

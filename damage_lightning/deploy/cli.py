@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m damage_lightning.
         "--variables", nargs="+", help=".mat files: glob patterns of the variables to read"
     )
     parser.add_argument("--tdms-group", help=".tdms files: the group to read")
+    parser.add_argument(
+        "--no-sensor-check",
+        action="store_true",
+        help="skip the sensor-health gate (by default windows overlapping a sensor fault are "
+        "flagged and left out of the decision)",
+    )
     args = parser.parse_args(argv)
     options = ReaderOptions(tuple(args.variables) if args.variables else None, args.tdms_group)
     try:
@@ -40,7 +46,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m damage_lightning.
             batch_size=args.batch_size,
             options=options,
             keep_windows=args.windows is not None,
+            health=not args.no_sensor_check,
         )
+        from damage_lightning.evaluation.health import finding_line
+
+        for finding in result.findings:
+            print(f"sensor health: {finding_line(finding)}", file=sys.stderr)
         text = to_csv_bytes(result.recordings)
         if args.windows is not None and result.windows is not None:
             atomic_write_bytes(args.windows, to_csv_bytes(result.windows))

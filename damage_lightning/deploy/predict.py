@@ -4,17 +4,21 @@ The same discovery, readers, validation, resampling and windowing as training an
 (``damage_lightning.io``); windows are scored a batch at a time, so a long recording never has
 all its windows in memory. The per-recording decision (the model's aggregation rule and abstain
 floor, both in its metadata) is :func:`damage_lightning.deploy.decision.decide`, which the test
-split's recording-level metrics and the pipeline's ``predict`` use as well.
+split's recording-level metrics and the pipeline's ``predict`` use as well. The sensor-health
+gate (``damage_lightning.evaluation.health``) flags windows that overlap a sensor fault; they are
+left out of the recording's decision, and a recording with every window flagged is
+``sensor_fault``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from damage_lightning.card import SensorFinding
 from damage_lightning.deploy.decision import (
     Decision,
     WindowSums,
@@ -32,13 +36,20 @@ from damage_lightning.deploy.metadata import (
 from damage_lightning.deploy.novelty import is_novelty, predict_novelty
 from damage_lightning.deploy.session import OnnxModel
 from damage_lightning.errors import DataValidationError, Problem
+from damage_lightning.evaluation.health import (
+    WindowHealth,
+    check_recording,
+    reference_from_metadata,
+    window_health,
+)
 from damage_lightning.io.dataset import load_recording
 from damage_lightning.io.discovery import RecordingSpec, find_recordings
 from damage_lightning.io.readers.base import ReaderOptions
-from damage_lightning.io.windows import window_batches
+from damage_lightning.io.windows import window_batches, window_starts
 
 #: Columns of a per-recording table, before one ``p_<class>`` column per class.
-#: ``predicted_label`` is the top class; ``decision`` is it or ``unknown`` (abstain floor).
+#: ``predicted_label`` is the top class; ``decision`` is it, ``unknown`` (abstain floor or
+#: distance gate) or ``sensor_fault``; ``n_flagged`` counts the windows the sensor gate left out.
 RECORDING_COLUMNS = (
     "path",
     "label",
@@ -47,7 +58,10 @@ RECORDING_COLUMNS = (
     "confidence",
     "n_windows",
     "agreement",
+    "n_flagged",
 )
+#: ``predicted_label`` and ``decision`` of a recording whose windows the sensor gate all flagged.
+SENSOR_FAULT = "sensor_fault"
 
 
 def _number(meta: ModelMetadata, key: str) -> float | None:
@@ -92,22 +106,65 @@ def recording_row(path: str, label: str | None, decision: Decision, class_names:
     return row
 
 
+def gated_row(
+    path: str,
+    label: str | None,
+    decision: Decision | None,
+    n_flagged: int,
+    class_names: list[str],
+) -> dict:
+    """:func:`recording_row` after the sensor-health gate, with ``n_flagged``.
+
+    Args:
+        path: the recording.
+        label: its label, if known.
+        decision: the decision over the windows that passed the gate (``None``: none passed,
+            and the row says ``sensor_fault`` with no probabilities).
+        n_flagged: windows the gate flagged (left out of the decision).
+        class_names: the classes.
+    """
+    if decision is None:
+        row = {"path": path, "label": label or "", "predicted_label": SENSOR_FAULT}
+        row.update({"decision": SENSOR_FAULT, "confidence": float("nan")})
+        row.update({"n_windows": 0, "agreement": float("nan")})
+        row.update({f"p_{c}": float("nan") for c in class_names})
+    else:
+        row = recording_row(path, label, decision, class_names)
+    row["n_flagged"] = int(n_flagged)
+    return row
+
+
+def add_health_columns(frame: pd.DataFrame, health: WindowHealth) -> pd.DataFrame:
+    """The window table's ``sensor_ok`` and ``sensor_reason`` columns (findings overlapped)."""
+    frame["sensor_ok"] = health.ok
+    frame["sensor_reason"] = health.reasons
+    return frame
+
+
 @dataclass
 class Predictions:
     """What :func:`predict` returns.
 
     Args:
         recordings: one row per recording (:data:`RECORDING_COLUMNS`, ``p_<class>``).
-        windows: one row per window (:func:`window_rows`) when asked for, else ``None``.
+        windows: one row per window (:func:`window_rows`, ``sensor_ok``, ``sensor_reason``)
+            when asked for, else ``None``.
+        findings: the sensor-health findings of every recording.
     """
 
     recordings: pd.DataFrame
     windows: pd.DataFrame | None = None
+    findings: list[SensorFinding] = field(default_factory=list)
 
 
 def score_recording(
-    model: OnnxModel, waveform: np.ndarray, hop: int, batch_size: int, keep: bool = False
-) -> tuple[Decision, list[tuple[np.ndarray, np.ndarray]]]:
+    model: OnnxModel,
+    waveform: np.ndarray,
+    hop: int,
+    batch_size: int,
+    keep: bool = False,
+    ok: np.ndarray | None = None,
+) -> tuple[Decision | None, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]]:
     """Score one recording's windows a batch at a time.
 
     Args:
@@ -115,24 +172,34 @@ def score_recording(
         waveform: ``(channels, samples)`` at the model's rate, in its channel order.
         hop: step between windows.
         batch_size: windows per inference call.
-        keep: also return every batch's ``(starts, probabilities)``.
+        keep: also return every batch's ``(starts, probabilities, distances or None)``.
+        ok: per window, whether it enters the decision (the sensor-health gate's
+            ``WindowHealth.ok``); ``None``: every window.
 
     Returns:
-        The decision (the model's aggregation rule and abstain floor), and the batches (empty
-        unless ``keep``).
+        The decision (the model's aggregation rule, abstain floor and distance gate; ``None``
+        when ``ok`` leaves no window), and the batches (empty unless ``keep``; flagged windows
+        included).
     """
     meta = model.metadata
     rule, floor, threshold = decision_rule(meta)
     sums = WindowSums(len(meta.class_names))
     batches = []
+    seen = 0
     for starts, windows in window_batches(waveform, meta.window_length, hop, batch_size):
         out = model.run(windows)
         probs = out["probabilities"].astype(np.float64)
         distances = out.get("distance") if threshold is not None else None
-        sums.add(probs, distances)
         if keep:
             batches.append((starts, probs, distances))
-    return decide(sums, rule, floor, threshold), batches
+        if ok is not None:
+            mask = ok[seen : seen + len(starts)]
+            probs = probs[mask]
+            distances = None if distances is None else distances[mask]
+        seen += len(starts)
+        sums.add(probs, distances)
+    decision = decide(sums, rule, floor, threshold) if sums.n_windows else None
+    return decision, batches
 
 
 def predict(
@@ -142,6 +209,7 @@ def predict(
     batch_size: int = 64,
     options: ReaderOptions | None = None,
     keep_windows: bool = False,
+    health: bool = True,
 ) -> Predictions:
     """Predict every recording under ``data`` (a file or a folder) with an exported model.
 
@@ -155,6 +223,8 @@ def predict(
         batch_size: windows per inference call.
         options: format options (``.mat`` variables, ``.tdms`` group).
         keep_windows: also return one row per window.
+        health: run the sensor-health gate (against the model's RMS reference when its
+            metadata has one) and leave flagged windows out of the decisions.
 
     Raises:
         DataValidationError: every bad file named, before any file is scored.
@@ -179,18 +249,28 @@ def predict(
         raise DataValidationError(problems)
     if is_novelty(meta):
         return predict_novelty(model, loaded, hop, batch_size, keep_windows)
+    reference = reference_from_metadata(meta.extra, str(model.path)) if health else None
     _, floor, threshold = decision_rule(meta)
-    rows, window_parts = [], []
+    rows, window_parts, findings = [], [], []
     for spec, waveform in loaded:
-        decision, batches = score_recording(model, waveform, hop, batch_size, keep_windows)
-        rows.append(recording_row(spec.relpath, spec.label, decision, meta.class_names))
-        if keep_windows:
-            window_parts.append(
-                window_rows(spec.relpath, spec.label, batches, meta.class_names, floor, threshold)
+        found = []
+        if health:
+            found = check_recording(
+                waveform, meta.channels, spec.relpath, meta.sample_rate, reference
             )
+        starts = window_starts(0, waveform.shape[1], meta.window_length, hop)
+        gate = window_health(found, starts, meta.window_length)
+        decision, batches = score_recording(model, waveform, hop, batch_size, keep_windows, gate.ok)
+        rows.append(gated_row(spec.relpath, spec.label, decision, gate.n_flagged, meta.class_names))
+        findings += found
+        if keep_windows:
+            frame = window_rows(
+                spec.relpath, spec.label, batches, meta.class_names, floor, threshold
+            )
+            window_parts.append(add_health_columns(frame, gate))
     columns = recording_columns(meta.class_names, threshold is not None)
     windows = pd.concat(window_parts, ignore_index=True) if keep_windows and window_parts else None
-    return Predictions(pd.DataFrame(rows, columns=columns), windows)
+    return Predictions(pd.DataFrame(rows, columns=columns), windows, findings)
 
 
 def window_rows(

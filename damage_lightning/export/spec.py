@@ -8,7 +8,7 @@ they write identical metadata.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from torch import Tensor, nn
@@ -37,6 +37,9 @@ class ExportSpec:
         sample_rate: the model's sample rate in Hz.
         window: window length in samples.
         hop: default step between windows.
+        health_reference: the sensor-health gate's RMS reference fitted on the training data
+            (``card.SensorReference`` as JSON values); ``None`` in checkpoints from before the
+            gate. It reaches the exported model's metadata as ``evaluation.health.METADATA_KEY``.
     """
 
     model_class_path: str
@@ -47,6 +50,7 @@ class ExportSpec:
     sample_rate: float
     window: int
     hop: int
+    health_reference: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, model: nn.Module, datamodule: Any) -> ExportSpec:
@@ -61,6 +65,7 @@ class ExportSpec:
             sample_rate=float(datamodule.sample_rate),
             window=int(datamodule.window),
             hop=int(datamodule.hop),
+            health_reference=_reference_json(getattr(datamodule, "health_reference", None)),
         )
 
     def to_checkpoint(self) -> dict[str, Any]:
@@ -74,6 +79,7 @@ class ExportSpec:
             "sample_rate": float(self.sample_rate),
             "window": int(self.window),
             "hop": int(self.hop),
+            "health_reference": self.health_reference,
         }
 
     @classmethod
@@ -85,7 +91,7 @@ class ExportSpec:
         """
         if not isinstance(section, dict):
             raise KeyError("no 'damage_lightning' section")
-        missing = [k for k in cls.__dataclass_fields__ if k not in section]
+        missing = [f.name for f in fields(cls) if f.name not in section and f.default is MISSING]
         if missing:
             raise KeyError(f"missing {missing}")
         return cls(
@@ -97,6 +103,7 @@ class ExportSpec:
             sample_rate=float(section["sample_rate"]),
             window=int(section["window"]),
             hop=int(section["hop"]),
+            health_reference=section.get("health_reference"),
         )
 
     def metadata(self, **extra: Any) -> ModelMetadata:
@@ -106,7 +113,10 @@ class ExportSpec:
             **extra: further entries (JSON-encoded unless text), e.g. from later features.
         """
         from damage_lightning.deploy.metadata import json_text, jsonable
+        from damage_lightning.evaluation.health import METADATA_KEY
 
+        if self.health_reference is not None:
+            extra.setdefault(METADATA_KEY, self.health_reference)
         return ModelMetadata(
             class_names=list(self.class_names),
             channels=list(self.channels),
@@ -119,3 +129,8 @@ class ExportSpec:
                 k: v if isinstance(v, str) else json_text(jsonable(v)) for k, v in extra.items()
             },
         )
+
+
+def _reference_json(reference: Any) -> dict[str, Any] | None:
+    """A ``card.SensorReference`` as checkpoint values (``None`` stays ``None``)."""
+    return None if reference is None else reference.to_json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -16,15 +17,84 @@ CLIP_MIN_FRACTION = 1e-3
 CLIP_ANY_FRACTION = 1e-2
 
 
+@dataclass(frozen=True)
+class ClippedSide:
+    """One rail of a channel that the clipping rule finds saturated.
+
+    Args:
+        side: ``maximum`` or ``minimum``.
+        level: the value of that extreme.
+        at_level: indices of every sample exactly at ``level``.
+        in_runs: how many of them sit in runs of at least ``min_run`` equal consecutive samples.
+        by_runs: whether the runs (not the share of samples at the level) triggered the rule.
+    """
+
+    side: str
+    level: float
+    at_level: np.ndarray
+    in_runs: int
+    by_runs: bool
+
+
+def clipped_sides(
+    x: np.ndarray,
+    min_run: int = CLIP_MIN_RUN,
+    min_fraction: float = CLIP_MIN_FRACTION,
+    any_fraction: float = CLIP_ANY_FRACTION,
+    block: int | None = None,
+) -> list[ClippedSide]:
+    """The rails of one channel at which it is clipped (saturated): the one clipping rule.
+
+    A rail is clipped when the samples at the channel's maximum (or minimum) value that sit in
+    runs of at least ``min_run`` equal consecutive samples make up more than ``min_fraction`` of
+    the channel, or when more than ``any_fraction`` of all samples sit exactly at that extreme
+    (broadband signals hit a rail in isolated samples). A healthy analogue signal reaches its
+    extreme once or a few times; a sensor or ADC at its rail stays there for several samples, many
+    times. A constant channel has no rails (it is a flat line).
+
+    Args:
+        x: one channel, ``(samples,)``.
+        min_run: shortest run at a rail that counts as a flat top.
+        min_fraction: share of the samples in such runs above which the rail is clipped.
+        any_fraction: share of the samples exactly at a rail above which it is clipped.
+        block: apply the shares to each block of this many samples (a rail is clipped when one
+            block passes), so that a short overload in a long recording is not diluted by it;
+            ``None``: to the whole channel.
+    """
+    n = len(x)
+    if n == 0:
+        return []
+    lo, hi = x.min(), x.max()
+    if lo == hi:
+        return []
+    block = n if block is None else max(1, min(int(block), n))
+    out = []
+    for level, side in ((hi, "maximum"), (lo, "minimum")):
+        idx = np.flatnonzero(x == level)
+        if len(idx) < min_run:
+            continue
+        breaks = np.flatnonzero(np.diff(idx) != 1)
+        starts = np.concatenate(([0], breaks + 1))
+        stops = np.concatenate((breaks + 1, [len(idx)]))
+        lengths = stops - starts
+        long = lengths >= min_run
+        in_runs = int(lengths[long].sum())
+        blocks = -(-n // block)
+        per_block_runs = np.bincount(idx[starts[long]] // block, lengths[long], blocks)
+        per_block_any = np.bincount(idx // block, minlength=blocks)
+        if (per_block_runs > min_fraction * block).any():
+            out.append(ClippedSide(side, float(level), idx, in_runs, True))
+        elif (per_block_any > any_fraction * block).any():
+            out.append(ClippedSide(side, float(level), idx, in_runs, False))
+    return out
+
+
 def channel_warnings(data: np.ndarray, names: list[str]) -> list[tuple[str, str]]:
     """Return ``(location, reason)`` for constant (flat-line) and clipped channels.
 
-    A channel is clipped (saturated) when the samples at its maximum value, or at its minimum
-    value, that sit in runs of at least ``CLIP_MIN_RUN`` equal consecutive samples make up more
-    than ``CLIP_MIN_FRACTION`` (0.1 %) of the channel, or when more than ``CLIP_ANY_FRACTION``
-    (1 %) of all samples sit exactly at one extreme (broadband signals hit a rail in isolated
-    samples). A healthy analogue signal reaches its extreme once or a few times; a sensor or ADC
-    at its rail stays there for several samples, many times.
+    The clipping rule is :func:`clipped_sides` with its defaults (``CLIP_MIN_RUN`` = 3,
+    ``CLIP_MIN_FRACTION`` = 0.1 %, ``CLIP_ANY_FRACTION`` = 1 %). The sensor-health gate
+    (``damage_lightning.evaluation.health``) applies the same rule and also names the samples.
 
     Args:
         data: ``(channels, samples)`` array.
@@ -40,30 +110,24 @@ def channel_warnings(data: np.ndarray, names: list[str]) -> list[tuple[str, str]
         if lo[c] == hi[c]:
             out.append((where, f"channel is constant (flat line at {float(lo[c]):.6g})"))
             continue
-        x = data[c]
-        reasons = []
-        for level, side in ((hi[c], "maximum"), (lo[c], "minimum")):
-            idx = np.flatnonzero(x == level)
-            if len(idx) < CLIP_MIN_RUN:
-                continue
-            breaks = np.flatnonzero(np.diff(idx) != 1)
-            starts = np.concatenate(([0], breaks + 1))
-            stops = np.concatenate((breaks + 1, [len(idx)]))
-            lengths = stops - starts
-            in_runs = int(lengths[lengths >= CLIP_MIN_RUN].sum())
-            if in_runs > CLIP_MIN_FRACTION * n:
-                reasons.append(
-                    f"{in_runs} samples ({100.0 * in_runs / n:.2g}%) stay at its {side} "
-                    f"{float(level):.6g} in runs of {CLIP_MIN_RUN} or more"
-                )
-            elif len(idx) > CLIP_ANY_FRACTION * n:
-                reasons.append(
-                    f"{len(idx)} samples ({100.0 * len(idx) / n:.2g}%) sit exactly at its "
-                    f"{side} {float(level):.6g}"
-                )
+        reasons = [clip_text(s, n) for s in clipped_sides(data[c])]
         if reasons:
             out.append((where, "channel looks clipped (saturated): " + "; ".join(reasons)))
     return out
+
+
+def clip_text(side: ClippedSide, n: int, min_run: int = CLIP_MIN_RUN) -> str:
+    """How a clipped rail shows, in words with the numbers (``n``: samples of the channel)."""
+    if side.by_runs:
+        return (
+            f"{side.in_runs} samples ({100.0 * side.in_runs / n:.2g}%) stay at its {side.side} "
+            f"{side.level:.6g} in runs of {min_run} or more"
+        )
+    count = len(side.at_level)
+    return (
+        f"{count} samples ({100.0 * count / n:.2g}%) sit exactly at its {side.side} "
+        f"{side.level:.6g}"
+    )
 
 
 def resample(data: np.ndarray, from_rate: float, to_rate: float) -> tuple[np.ndarray, float]:

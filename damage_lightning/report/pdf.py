@@ -14,7 +14,14 @@ from damage_lightning.report.analysis import Analysis
 from damage_lightning.report.figures import FigureFile
 from damage_lightning.report.layout import GRID, MARGIN_X, MARGIN_Y, PAGE_H, PAGE_W, Styles
 from damage_lightning.report.record import RunRecord
-from damage_lightning.report.sections import inputs, novelty, overview, results, verdicts
+from damage_lightning.report.sections import (
+    inputs,
+    novelty,
+    overview,
+    results,
+    sensors,
+    verdicts,
+)
 from damage_lightning.report.text import clean_text
 
 
@@ -59,6 +66,7 @@ def render_pdf(record: RunRecord, analysis: Analysis, figures: list[FigureFile])
         *results.history(record, analysis, st),
         *results.log(record, st),
         *results.reproducibility(record, st),
+        *sensors.sensor_health(record, st),
     ]
     buf = io.BytesIO()
     doc = SimpleDocTemplate(

@@ -220,6 +220,8 @@ class BaseTask(LightningModule, ABC):
             datamodule.restore_frontend_state(
                 section.get("frontend_state", {}), section.get("class_names", [])
             )
+        if isinstance(section, dict) and hasattr(datamodule, "restore_health_reference"):
+            datamodule.restore_health_reference(section.get("health_reference"))
 
 
 def _check_base_arguments(

@@ -5,6 +5,7 @@ line and exit code 2."""
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -113,8 +114,10 @@ def _check(frame: pd.DataFrame, model, root: Path, hop: int) -> None:
         "confidence",
         "n_windows",
         "agreement",
+        "n_flagged",
         *(f"p_{c}" for c in CLASSES),
     ]
+    assert (frame["n_flagged"] == 0).all(), "clean recordings pass the sensor-health gate"
     assert list(frame["path"]) == [
         "bumper/rec_b.csv",
         "bumper/sub/rec_c.CSV.gz",
@@ -285,3 +288,80 @@ def test_every_csv_dialect_gives_the_same_prediction(model_and_file, tmp_path):
     probs = result[[f"p_{c}" for c in CLASSES]].to_numpy()
     np.testing.assert_array_equal(probs, np.repeat(probs[:1], len(probs), axis=0))
     assert (result["n_windows"] == (700 - WINDOW) // HOP + 1).all()
+
+
+def _faulty_folder(root: Path) -> Path:
+    """A clean recording, one with 100 zeros in 'floor 1' and one whose 'étage' is dead."""
+    root.mkdir()
+    _recording(500, 11).to_csv(root / "a_clean.csv", index=False)
+    dropout = _recording(500, 12)
+    dropout.loc[200:299, "floor 1"] = 0.0
+    dropout.to_csv(root / "b_dropout.csv", index=False)
+    dead = _recording(500, 13)
+    dead["étage"] = 0.25
+    dead.to_csv(root / "c_dead.csv", index=False)
+    return root
+
+
+def test_gateway_flags_windows_at_sensor_faults_instead_of_scoring_them(model_and_file, tmp_path):
+    model, onnx_path = model_and_file
+    root = _faulty_folder(tmp_path / "site")
+    result = predict(onnx_path, root, keep_windows=True)
+    rec = result.recordings.set_index("path")
+    win = result.windows
+    starts = np.arange(0, 500 - WINDOW + 1, HOP)
+    # Windows overlapping samples 200-299 of b_dropout.csv are flagged, the rest pass.
+    overlap = (starts < 300) & (starts + WINDOW > 200)
+    got = win[win["recording"] == "b_dropout.csv"]
+    np.testing.assert_array_equal(got["sensor_ok"].to_numpy(), ~overlap)
+    assert set(got.loc[~got["sensor_ok"], "sensor_reason"]) == {"dropout floor 1"}
+    assert rec.loc["b_dropout.csv", "n_flagged"] == overlap.sum() == 3
+    assert rec.loc["b_dropout.csv", "n_windows"] == len(starts) - 3
+    # Its decision is the mean over the windows that passed, and only those.
+    x = pd.read_csv(root / "b_dropout.csv")[CHANNELS].to_numpy(np.float32).T
+    passed = torch.from_numpy(np.stack([x[:, s : s + WINDOW] for s in starts[~overlap]]))
+    with torch.no_grad():
+        mean = model(passed)[1].numpy().astype(np.float64).mean(axis=0)
+    got_p = rec.loc["b_dropout.csv", [f"p_{c}" for c in CLASSES]].to_numpy(np.float64)
+    np.testing.assert_allclose(got_p, mean, atol=1e-5)
+    # A dead channel flags every window: the recording is a sensor fault, not a damage class.
+    assert rec.loc["c_dead.csv", "predicted_label"] == "sensor_fault"
+    assert rec.loc["c_dead.csv", "n_windows"] == 0
+    assert rec.loc["c_dead.csv", "n_flagged"] == len(starts)
+    assert rec.loc["c_dead.csv", [f"p_{c}" for c in CLASSES]].isna().all()
+    assert rec.loc["a_clean.csv", "n_flagged"] == 0
+    assert {(f.file, f.channel, f.kind) for f in result.findings} == {
+        ("b_dropout.csv", "floor 1", "dropout"),
+        ("c_dead.csv", "étage", "flat_line"),
+    }
+    # Without the gate every window counts.
+    off = predict(onnx_path, root, health=False).recordings.set_index("path")
+    assert (off["n_flagged"] == 0).all() and off.loc["c_dead.csv", "n_windows"] == len(starts)
+
+
+def test_gateway_cli_names_findings_and_uses_the_models_rms_reference(model_and_file, tmp_path):
+    from damage_lightning.evaluation.health import METADATA_KEY, fit_reference
+
+    model, _ = model_and_file
+    clean = [_recording(500, s)[CHANNELS].to_numpy(np.float32).T for s in range(20, 26)]
+    reference = fit_reference(clean, CHANNELS)
+    meta = ModelMetadata(
+        CLASSES, CHANNELS, SAMPLE_RATE, WINDOW, HOP, {"kind": "framed"},
+        extra={METADATA_KEY: json.dumps(reference.to_json())},
+    )  # fmt: skip
+    onnx_path = tmp_path / "with_reference.onnx"
+    export_onnx(model, onnx_path, meta)
+    root = _faulty_folder(tmp_path / "site")
+    loud = _recording(500, 14)
+    loud["base"] *= 1000.0  # a sensitivity a thousand times too high
+    loud.to_csv(root / "d_loud.csv", index=False)
+    out = tmp_path / "verdicts.csv"
+    proc = run_script(tmp_path, str(onnx_path), str(root), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "sensor health: d_loud.csv (channel 'base', samples 0-500): rms_range:" in proc.stderr
+    assert "sensor health: b_dropout.csv (channel 'floor 1', samples 200-300): dropout" in (
+        proc.stderr
+    )
+    frame = pd.read_csv(out).set_index("path")
+    assert frame.loc["d_loud.csv", "predicted_label"] == "sensor_fault"
+    assert frame.loc["a_clean.csv", "predicted_label"] in CLASSES

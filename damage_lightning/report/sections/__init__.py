@@ -1,8 +1,8 @@
 """The sections of the report PDF, one function each over the typed run record.
 
 ``overview`` (title page, analysis), ``inputs`` (model and data, splits, hyperparameters) and
-``results`` (curves, test results, history, log, reproducibility); ``pdf.render_pdf`` puts them
-in the order of :data:`HEADINGS`.
+``results`` (curves, test results, history, log, reproducibility) and ``sensors`` (the
+sensor-health gate); ``pdf.render_pdf`` puts them in the order of :data:`HEADINGS`.
 """
 
 HEADINGS = (
@@ -18,4 +18,5 @@ HEADINGS = (
     "7 Training history",
     "8 Training log",
     "9 Reproducibility",
+    "10 Sensor health",
 )
