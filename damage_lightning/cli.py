@@ -13,6 +13,7 @@ import re
 import shutil
 import sys
 import time
+import typing
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from damage_lightning.errors import (
     OutputLocationError,
     Problem,
 )
+from damage_lightning.evaluation.attribution import AttributionOptions
 from damage_lightning.report.options import MODEL_ENV, ReportOptions
 from damage_lightning.run import finalize_run, write_predictions
 from damage_lightning.task_check import check_task_fits_data
@@ -52,6 +54,14 @@ warnings.filterwarnings(
     "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
 )
 DEFAULT_ROOT = "models"
+ATTRIBUTION_HELP = {
+    "enabled": "fit: write attribution.json (which Hz bands of which channels drive each class).",
+    "method": "integrated_gradients (every spectrogram row) or occlusion (bands of band_hz).",
+    "windows_per_class": "Test windows attributed per class.",
+    "steps": "Integration steps of integrated_gradients.",
+    "band_hz": "Band width in Hz of the report's heatmap (default: at most 32 bands).",
+    "reference": "Healthy class of the baseline (default: one named undamaged, healthy, ...).",
+}
 USER_ERRORS = (DataValidationError, OutputLocationError, ExportVerificationError)
 
 
@@ -258,6 +268,13 @@ class DamageCLI(LightningCLI):
             default=ReportOptions.max_retries,
             help="LLM retries within the limit.",
         )
+        for name, kind in typing.get_type_hints(AttributionOptions).items():
+            parser.add_argument(
+                f"--attribution.{name}",
+                type=kind,
+                default=getattr(AttributionOptions, name),
+                help=ATTRIBUTION_HELP[name],
+            )
         parser.add_argument(
             "--export.quantize",
             type=Literal["int8"] | None,
@@ -397,6 +414,7 @@ class DamageCLI(LightningCLI):
             started=self.started,
             report=report.as_dict() if hasattr(report, "as_dict") else dict(report),
             quantize=self.config["fit"].export.quantize,
+            attribution=_as_dict(self.config["fit"].attribution),
         )
         attach_run_files(trainer.loggers, self.run_dir)
 
@@ -417,6 +435,10 @@ class DamageCLI(LightningCLI):
         self.trainer._export_dir = self.config["export"].output  # type: ignore[attr-defined]
         kwargs["quantize"] = kwargs.get("quantize") or self.config["export"].export.quantize
         self.trainer.export(**kwargs)
+
+
+def _as_dict(namespace: Any) -> dict[str, Any]:
+    return namespace.as_dict() if hasattr(namespace, "as_dict") else dict(namespace)
 
 
 def _data_command(argv: list[str]) -> int:

@@ -31,12 +31,15 @@ CM_NORMALISED_NAME = "confusion_matrix_normalised.png"
 # Drawn by report/novelty_figures.py for novelty detectors.
 NOVELTY_HISTOGRAM_NAME = "novelty_score_histograms.png"
 NOVELTY_TIMELINE_NAME = "novelty_scores_over_time.png"
+# Drawn by report/attribution_figures.py for classifiers with attribution.json.
+ATTRIBUTION_NAME = "attribution_heatmaps.png"
 FIGURE_NAMES = (
     CURVES_NAME,
     CM_COUNTS_NAME,
     CM_NORMALISED_NAME,
     NOVELTY_HISTOGRAM_NAME,
     NOVELTY_TIMELINE_NAME,
+    ATTRIBUTION_NAME,
 )
 # Above this many classes the per-cell numbers would be smaller than SMALL_PT; colours remain.
 MAX_ANNOTATED_CLASSES = 14
@@ -308,4 +311,7 @@ def make_figures(record: RunRecord, out_dir: Path) -> list[FigureFile]:
         from damage_lightning.report.novelty_figures import novelty_figures
 
         figures += novelty_figures(record, out_dir)
+        from damage_lightning.report.attribution_figures import attribution_figures
+
+        figures += attribution_figures(record, out_dir)
     return figures

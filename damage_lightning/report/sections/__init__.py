@@ -1,8 +1,9 @@
 """The sections of the report PDF, one function each over the typed run record.
 
-``overview`` (title page, analysis), ``inputs`` (model and data, splits, hyperparameters) and
-``results`` (curves, test results, history, log, reproducibility); ``pdf.render_pdf`` puts them
-in the order of :data:`HEADINGS`.
+``overview`` (title page, analysis), ``inputs`` (model and data, splits, hyperparameters),
+``results`` (curves, test results, history, log, reproducibility), ``novelty`` (a novelty
+detector's test) and ``attribution`` (explanations in hertz); ``pdf.render_pdf`` puts them in the
+order of :data:`HEADINGS`.
 """
 
 HEADINGS = (
@@ -15,6 +16,7 @@ HEADINGS = (
     "4 Hyperparameters",
     "5 Training curves",
     "6 Test results",
+    "6.1 Explanations in hertz",
     "7 Training history",
     "8 Training log",
     "9 Reproducibility",
