@@ -362,4 +362,5 @@ def test_bf16_mixed_precision_trains_and_exports(tiny_args, capsys):
     run = run_dir_from(capsys.readouterr().out)
     info = json.loads((run / "model_info.json").read_text())
     assert info["trainer"]["precision"] == "bf16-mixed"
+    assert (run / info["attribution"]["path"]).is_file()  # explained in float32 all the same
     assert info["exports"]["onnx"]["verification"]["passed"] is True

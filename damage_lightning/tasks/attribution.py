@@ -286,6 +286,12 @@ def _class_record(
     """The mean attribution of class ``k`` over its windows ``rows`` (``band``: occlusion's)."""
     name = datamodule.class_names[k]
     device = baseline.device
+    dtype = next(task.parameters()).dtype
+
+    def forward(spectrogram: Tensor) -> Tensor:
+        # A network trained in bf16-true (or fp16) takes its own dtype; the path stays float32.
+        return task(spectrogram.to(dtype))
+
     channels = len(datamodule.channels)
     n_cells = datamodule.frontend.n_freqs if band is None else int(band.max()) + 1
     if len(rows) == 0:
@@ -297,12 +303,12 @@ def _class_record(
     target = torch.full((x.shape[0],), k, dtype=torch.int64, device=device)
     base = baseline.expand_as(x)
     if band is None:
-        values = integrated_gradients(task, x, target, base, options.steps)
+        values = integrated_gradients(forward, x, target, base, options.steps)
     else:
-        values = occlusion(task, x, target, base, band)
+        values = occlusion(forward, x, target, base, band)
     with torch.no_grad():
-        odds = log_odds(task(x), target)
-        base_odds = log_odds(task(baseline[None]), target[:1])
+        odds = log_odds(forward(x), target)
+        base_odds = log_odds(forward(baseline[None]), target[:1])
     return ClassAttribution(
         name=name,
         windows=int(x.shape[0]),
