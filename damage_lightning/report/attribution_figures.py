@@ -40,8 +40,9 @@ def heatmaps(result: Attribution, path: Path) -> FigureFile:
     edges = result.edges()
     cols = 1 if len(names) <= ONE_COLUMN_CLASSES else 2
     rows = math.ceil(len(names) / cols)
-    panel = 0.55 + 0.17 * len(result.channels)
-    height = min(MAX_FIG_HEIGHT_IN, 0.75 + rows * panel)
+    # Five classes of four channels fit on the section's first page, under its table.
+    panel = 0.42 + 0.15 * len(result.channels)
+    height = min(MAX_FIG_HEIGHT_IN, 0.6 + rows * panel)
     vmax = max((float(s.max()) for s in shares), default=0.0) or 1.0
     channels = axis_labels(result.channels, 14)
     with matplotlib.rc_context({**_rc(), "axes.grid": False}):
