@@ -416,6 +416,7 @@ class ModelCard(JsonRecord):
     report: ReportEntry | None = None
     novelty: NoveltyCard | None = None
     sensor_health: SensorHealthCard | None = None
+    attribution: AttributionCard | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -550,6 +551,38 @@ class SensorHealthCard(JsonRecord):
     flagged_windows: dict[str, int] = field(default_factory=dict)
     reference: SensorReference | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+
+# ``attribution``: explanations in hertz (evaluation/attribution.py, attribution.json).
+
+
+@dataclass(kw_only=True)
+class TopBand(JsonRecord):
+    """A frequency band of one channel and its share of a class's positive evidence."""
+
+    channel: str
+    low_hz: float
+    high_hz: float
+    share: float
+
+
+@dataclass(kw_only=True)
+class AttributionCard(JsonRecord):
+    """``attribution``: how ``attribution.json`` was computed, and each class's top bands.
+
+    ``top_bands`` maps each class to its largest shares of positive evidence (bands of
+    ``band_hz``), largest first.
+    """
+
+    path: str
+    method: str
+    baseline: str
+    reference_class: str | None = field(default=None, metadata=_WRITTEN_AS_NULL)
+    split: str
+    windows_per_class: int
+    band_hz: float
+    wall_time_s: float
+    top_bands: dict[str, list[TopBand]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -723,6 +756,7 @@ def _dump(value: Any) -> Any:
 
 
 __all__ = [
+    "AttributionCard",
     "ClassMetrics",
     "ClassSplitCounts",
     "DataSummary",
@@ -746,6 +780,7 @@ __all__ = [
     "SplitSummary",
     "SplitTotals",
     "ThresholdRecord",
+    "TopBand",
     "TrainerSummary",
     "TrainingHistory",
     "Verification",

@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import time
+import typing
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ from damage_lightning.errors import (
     OutputLocationError,
     Problem,
 )
+from damage_lightning.evaluation.attribution import AttributionOptions
 from damage_lightning.report.options import MODEL_ENV, ReportOptions
 from damage_lightning.run import finalize_run, write_predictions
 from damage_lightning.task_check import check_task_fits_data
@@ -53,6 +55,14 @@ warnings.filterwarnings(
     "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
 )
 DEFAULT_ROOT = "models"
+ATTRIBUTION_HELP = {
+    "enabled": "fit: write attribution.json (which Hz bands of which channels drive each class).",
+    "method": "integrated_gradients (every spectrogram row) or occlusion (bands of band_hz).",
+    "windows_per_class": "Test windows attributed per class.",
+    "steps": "Integration steps of integrated_gradients.",
+    "band_hz": "Band width in Hz of the report's heatmap (default: at most 32 bands).",
+    "reference": "Healthy class of the baseline (default: one named undamaged, healthy, ...).",
+}
 USER_ERRORS = (DataValidationError, OutputLocationError, ExportVerificationError)
 
 
@@ -259,6 +269,13 @@ class DamageCLI(LightningCLI):
             default=ReportOptions.max_retries,
             help="LLM retries within the limit.",
         )
+        for name, kind in typing.get_type_hints(AttributionOptions).items():
+            parser.add_argument(
+                f"--attribution.{name}",
+                type=kind,
+                default=getattr(AttributionOptions, name),
+                help=ATTRIBUTION_HELP[name],
+            )
         parser.add_argument(
             "--export.quantize",
             type=Literal["int8"] | None,
@@ -399,6 +416,7 @@ class DamageCLI(LightningCLI):
             started=self.started,
             report=report.as_dict() if hasattr(report, "as_dict") else dict(report),
             quantize=self.config["fit"].export.quantize,
+            attribution=_as_dict(self.config["fit"].attribution),
         )
         attach_run_files(trainer.loggers, self.run_dir)
 
@@ -465,6 +483,10 @@ def _fit_after_training(trainer: Trainer, model: Any, dm: DamageDataModule, best
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(Path(best), buffer.getvalue())
+
+
+def _as_dict(namespace: Any) -> dict[str, Any]:
+    return namespace.as_dict() if hasattr(namespace, "as_dict") else dict(namespace)
 
 
 def _data_command(argv: list[str]) -> int:

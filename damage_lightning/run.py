@@ -65,13 +65,15 @@ def finalize_run(
     started: float,
     report: dict[str, Any] | None = None,
     quantize: str | None = None,
+    attribution: dict[str, Any] | None = None,
 ) -> ModelCard:
     """After fit and test (rank zero): exports, ``model_info.json``, the report and the summary.
 
     The model holds the best checkpoint's weights (``trainer.test`` loaded them). Export
     verification failures raise; a failing report is logged and never fails the run. ``report``
     holds the ``ReportOptions`` fields (the CLI's ``--report.*``); ``quantize="int8"`` also
-    exports ``model.int8.onnx`` (the CLI's ``--export.quantize``).
+    exports ``model.int8.onnx`` (the CLI's ``--export.quantize``); ``attribution`` holds the
+    ``AttributionOptions`` fields (``--attribution.*``) of ``attribution.json``.
     """
     from damage_lightning.export import ExportSpec, QuantizationData, export_all
 
@@ -161,6 +163,9 @@ def finalize_run(
         },
     )
     card.sensor_health = getattr(datamodule, "sensor_health", None)
+    from damage_lightning.tasks.attribution import run_attribution
+
+    card.attribution = run_attribution(model, datamodule, run_dir, attribution)
     novelty = getattr(model, "novelty_results", None)
     if novelty is not None:
         card.novelty = novelty

@@ -14,7 +14,12 @@ import torch
 from conftest import REPO, tiny_model, tiny_overrides
 from helpers import checkpoint_state
 
+from damage_lightning.card import ModelCard
 from damage_lightning.cli import main
+from damage_lightning.data.datamodule import DamageDataModule
+from damage_lightning.evaluation.attribution import Attribution, AttributionOptions
+from damage_lightning.export.checkpoint import load_from_checkpoint
+from damage_lightning.tasks.attribution import attribute
 
 CNN = str(REPO / "configs" / "cnn.yaml")
 RESNET = str(REPO / "configs" / "resnet.yaml")
@@ -77,6 +82,45 @@ def test_fit_writes_run_folder(config, tiny_args, capsys):
         ]
     )
     assert "run folder:" in (run / "training_log.txt").read_text()
+
+
+def test_fit_explains_each_class_in_hertz(fitted, tiny_data, cache_dir):
+    run, out = fitted
+    card = ModelCard.read(run / "model_info.json")
+    result = Attribution.read(run / "attribution.json")
+    assert card.attribution is not None and card.attribution.path == "attribution.json"
+    assert card.attribution.method == result.method == "integrated_gradients"
+    assert set(card.attribution.top_bands) == set(card.classes)
+    assert [c.name for c in result.classes] == card.classes
+    assert result.reference_class == "undamaged" and result.channels == card.input.channels
+    # One cell per spectrogram row, in Hz: n_fft 64 at 1024 Hz is 16 Hz bins up to Nyquist.
+    assert len(result.freq_hz) == card.input.spectrogram_shape[1] == 33
+    assert result.freq_hz[1] - result.freq_hz[0] == 16.0 and result.freq_hz[-1] == 512.0
+    test_windows = {c: card.data.per_class[c]["test"].windows for c in card.classes}
+    assert all(c.windows == min(8, test_windows[c.name]) for c in result.classes)
+    assert (
+        f"attribution: attribution.json (integrated_gradients, {result.wall_time_s:.1f} s)" in out
+    )
+    # The same from Python, for the trained task and its DataModule, here by band occlusion.
+    model, _, spec = load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    dm = DamageDataModule(
+        data_dir=str(tiny_data), cache_dir=str(cache_dir), window=256, hop=128, n_fft=64,
+        hop_length=16, f_max=None,
+    )  # fmt: skip
+    dm.restore_frontend_state(spec.frontend_state, spec.class_names)
+    bands = attribute(model, dm, AttributionOptions(method="occlusion", band_hz=128.0))
+    # The bin at Nyquist (512 Hz, on the top edge) falls into the top band.
+    assert bands.freq_low_hz == [0.0, 128.0, 256.0, 384.0]
+    assert bands.freq_high_hz == [128.0, 256.0, 384.0, 512.0]
+    assert bands.values(card.classes[0]).shape == (4, 4)
+
+
+def test_attribution_can_be_switched_off(tiny_args, capsys):
+    main(["fit", "--config", CNN, *tiny_args, *tiny_model(CNN), "--trainer.max_epochs", "1",
+          "--report.enabled", "false", "--attribution.enabled", "false"])  # fmt: skip
+    run = run_dir_from(capsys.readouterr().out)
+    assert ModelCard.read(run / "model_info.json").attribution is None
+    assert not (run / "attribution.json").exists()
 
 
 def test_validate_test_predict_with_checkpoints(fitted, tiny_data, cache_dir, tmp_path, capsys):
@@ -335,4 +379,5 @@ def test_bf16_mixed_precision_trains_and_exports(tiny_args, capsys):
     run = run_dir_from(capsys.readouterr().out)
     info = json.loads((run / "model_info.json").read_text())
     assert info["trainer"]["precision"] == "bf16-mixed"
+    assert (run / info["attribution"]["path"]).is_file()  # explained in float32 all the same
     assert info["exports"]["onnx"]["verification"]["passed"] is True

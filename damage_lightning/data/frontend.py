@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
@@ -160,6 +161,27 @@ class SpectrogramFrontend(nn.Module):
     def n_freqs(self) -> int:
         """Frequency rows ``F`` of the output (mel bands, or kept STFT bins)."""
         return self._bin_hi - self._bin_lo
+
+    def row_frequencies(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each output row ``F`` lies on the frequency axis, in Hz.
+
+        For ``kind="stft"`` row ``i`` is FFT bin ``k`` centred on ``k * sample_rate / n_fft``,
+        one bin wide (clipped at 0 Hz and Nyquist). For ``kind="mel"`` it is a triangular mel
+        filter: centred on its peak, from the peak of the filter below to the peak of the filter
+        above (HTK mel scale, as the filters are built).
+
+        Returns:
+            ``(centre, low, high)``: float64 arrays of ``n_freqs`` values each.
+        """
+        if self._mel:
+            mel = 2595.0 * np.log10(1.0 + np.array([self.f_min, self.f_max]) / 700.0)
+            points = np.linspace(mel[0], mel[1], self.n_mels + 2)
+            hz = 700.0 * (10.0 ** (points / 2595.0) - 1.0)
+            return hz[1:-1], hz[:-2], hz[2:]
+        step = self.sample_rate / self.n_fft
+        centre = np.arange(self._bin_lo, self._bin_hi, dtype=np.float64) * step
+        low = np.maximum(centre - step / 2, 0.0)
+        return centre, low, np.minimum(centre + step / 2, self.sample_rate / 2)
 
     def features(self, waveform: Tensor) -> Tensor:
         """Spectrogram without normalisation.

@@ -34,6 +34,8 @@ NOVELTY_TIMELINE_NAME = "novelty_scores_over_time.png"
 # Drawn by report/verdict_figures.py for classifiers.
 RELIABILITY_NAME = "reliability_diagram.png"
 COVERAGE_NAME = "coverage_accuracy.png"
+# Drawn by report/attribution_figures.py for classifiers with attribution.json.
+ATTRIBUTION_NAME = "attribution_heatmaps.png"
 FIGURE_NAMES = (
     CURVES_NAME,
     CM_COUNTS_NAME,
@@ -42,6 +44,7 @@ FIGURE_NAMES = (
     NOVELTY_TIMELINE_NAME,
     RELIABILITY_NAME,
     COVERAGE_NAME,
+    ATTRIBUTION_NAME,
 )
 # Above this many classes the per-cell numbers would be smaller than SMALL_PT; colours remain.
 MAX_ANNOTATED_CLASSES = 14
@@ -316,4 +319,7 @@ def make_figures(record: RunRecord, out_dir: Path) -> list[FigureFile]:
         from damage_lightning.report.verdict_figures import verdict_figures
 
         figures += verdict_figures(record, out_dir)
+        from damage_lightning.report.attribution_figures import attribution_figures
+
+        figures += attribution_figures(record, out_dir)
     return figures

@@ -15,6 +15,7 @@ from damage_lightning.report.figures import FigureFile
 from damage_lightning.report.layout import GRID, MARGIN_X, MARGIN_Y, PAGE_H, PAGE_W, Styles
 from damage_lightning.report.record import RunRecord
 from damage_lightning.report.sections import (
+    attribution,
     inputs,
     novelty,
     overview,
@@ -63,6 +64,7 @@ def render_pdf(record: RunRecord, analysis: Analysis, figures: list[FigureFile])
                 ),
             ]
         ),
+        *attribution.explanations(record, figures, st),
         *results.history(record, analysis, st),
         *results.log(record, st),
         *results.reproducibility(record, st),

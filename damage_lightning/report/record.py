@@ -21,6 +21,7 @@ from damage_lightning.card import (
 )
 from damage_lightning.data.splits import SplitPlan
 from damage_lightning.errors import DataValidationError, Problem
+from damage_lightning.evaluation.attribution import ATTRIBUTION_FILE, Attribution
 from damage_lightning.report.text import clean_text
 
 SPLITS_FILE = "splits.json"
@@ -45,6 +46,7 @@ class RunRecord:
         log_lines: the last lines of training_log.txt, as a terminal shows them.
         log_total_lines: lines in the log (``None`` when there is no log).
         missing: one line per file that is missing or unreadable, for the report to name.
+        attribution: attribution.json (``None`` when the run has none, or it is unreadable).
     """
 
     run_dir: Path | None = None
@@ -56,6 +58,7 @@ class RunRecord:
     log_lines: list[str] = field(default_factory=list)
     log_total_lines: int | None = None
     missing: list[str] = field(default_factory=list)
+    attribution: Attribution | None = None
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> RunRecord:
@@ -85,6 +88,10 @@ class RunRecord:
         if log_total is None:
             missing.append(f"{LOG_FILE}: not found")
         name = (card.run_name if card else None) or config.get("run_name") or run_dir.name
+        # Optional (novelty detectors and runs with --attribution.enabled false have none).
+        attribution = None
+        if (run_dir / ATTRIBUTION_FILE).is_file():
+            attribution = _read_record(Attribution, run_dir / ATTRIBUTION_FILE, missing)
         return cls(
             run_dir=run_dir,
             run_name=clean_text(name, newlines=False),
@@ -95,6 +102,7 @@ class RunRecord:
             log_lines=log_lines,
             log_total_lines=log_total,
             missing=missing,
+            attribution=attribution,
         )
 
 

@@ -439,3 +439,46 @@ def make_run(
     for file in files:
         (run / file).write_text(contents[file], encoding="utf-8")
     return run
+
+
+def write_attribution(run: Path, classes: list[str] | tuple[str, ...] = CLASSES) -> Path:
+    """``attribution.json`` of the fake run: 2 Hz rows to 300 Hz, each class's evidence at one
+    floor and frequency (class ``k`` at ``floor<k % 3 + 1>``, ``60 + 40 k`` Hz) over a weak floor.
+    """
+    from damage_lightning.evaluation.attribution import Attribution, ClassAttribution
+
+    channels = ["base", "floor1", "floor2", "floor3"]
+    freq = [2.0 * i for i in range(151)]
+    records = []
+    for k, name in enumerate(classes):
+        values = [[0.001 * ((i * 7 + c) % 5 - 1) for i in range(151)] for c in range(4)]
+        peak = (60 + 40 * k) // 2 % 151
+        for i in range(peak - 2, peak + 3):
+            values[k % 3 + 1][i % 151] = 0.5
+        records.append(
+            ClassAttribution(
+                name=name,
+                windows=8,
+                recordings=[f"{name}/rec_016.csv", f"{name}/rec_020.csv"],
+                log_odds=4.0,
+                baseline_log_odds=-2.0,
+                values=values,
+            )
+        )
+    result = Attribution(
+        method="integrated_gradients",
+        target="log-odds of the true class: logit - logsumexp(other logits)",
+        baseline=f"the mean training spectrogram of {classes[-1]!r}",
+        reference_class=classes[-1],
+        split="test",
+        windows_per_class=8,
+        steps=16,
+        band_hz=10.0,
+        channels=channels,
+        freq_hz=freq,
+        freq_low_hz=[max(f - 1, 0.0) for f in freq],
+        freq_high_hz=[f + 1 for f in freq],
+        classes=records,
+        wall_time_s=2.5,
+    )
+    return result.write(run / "attribution.json")

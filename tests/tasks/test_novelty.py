@@ -89,6 +89,8 @@ def test_fit_calibrates_on_held_out_healthy_recordings(run: Path) -> None:
     card = ModelCard.read(run / "model_info.json")
     novelty = card.novelty
     assert novelty is not None and card.test_metrics is None
+    # A detector has no classes to explain: the attribution is skipped, without an error.
+    assert card.attribution is None and not (run / "attribution.json").exists()
     assert novelty.healthy_label == "healthy" and novelty.calibration_unit == "recording"
     splits = json.loads((run / "splits.json").read_text())
     val = [r for r in splits["recordings"] if any(s["split"] == "val" for s in r["segments"])]

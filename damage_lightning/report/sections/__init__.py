@@ -1,8 +1,10 @@
 """The sections of the report PDF, one function each over the typed run record.
 
-``overview`` (title page, analysis), ``inputs`` (model and data, splits, hyperparameters) and
-``results`` (curves, test results, history, log, reproducibility) and ``sensors`` (the
-sensor-health gate); ``pdf.render_pdf`` puts them in the order of :data:`HEADINGS`.
+``overview`` (title page, analysis), ``inputs`` (model and data, splits, hyperparameters),
+``results`` (curves, test results, history, log, reproducibility), ``verdicts`` (recording-level
+verdicts, calibration, unknown), ``novelty`` (a novelty detector's test), ``attribution``
+(explanations in hertz) and ``sensors`` (the sensor-health gate); ``pdf.render_pdf`` puts them
+in the order of :data:`HEADINGS`.
 """
 
 HEADINGS = (
@@ -15,6 +17,7 @@ HEADINGS = (
     "4 Hyperparameters",
     "5 Training curves",
     "6 Test results",
+    "6.4 Explanations in hertz",
     "7 Training history",
     "8 Training log",
     "9 Reproducibility",

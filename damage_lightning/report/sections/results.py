@@ -152,7 +152,7 @@ def _per_class_table(per_class: dict[str, dict[str, float | None]], st: Styles) 
 def history(record: RunRecord, analysis: Analysis, st: Styles) -> list[Any]:
     """Section 7: a sampled per-epoch table with the best, LR-reduction and early-stop epochs."""
     epochs = record.history.epochs
-    story: list[Any] = [CondPageBreak(8 * cm), Paragraph(HEADINGS[9], st.h1)]
+    story: list[Any] = [CondPageBreak(8 * cm), Paragraph(HEADINGS[10], st.h1)]
     if not epochs:
         return [*story, Paragraph("training_history.json has no epochs.", st.note)]
     cols = [
@@ -221,7 +221,7 @@ def log(record: RunRecord, st: Styles) -> list[Any]:
     """Section 8: the tail of training_log.txt."""
     lines = record.log_lines
     total = record.log_total_lines
-    story: list[Any] = [CondPageBreak(8 * cm), Paragraph(HEADINGS[10], st.h1)]
+    story: list[Any] = [CondPageBreak(8 * cm), Paragraph(HEADINGS[11], st.h1)]
     if total is None:
         return [*story, Paragraph("training_log.txt is not available.", st.note)]
     if not lines:
@@ -241,7 +241,7 @@ def reproducibility(record: RunRecord, st: Styles) -> list[Any]:
     """Section 9: seed, checksums of config and splits, versions, exported files."""
     card = record.card
     run_dir = record.run_dir or Path(".")
-    story: list[Any] = [CondPageBreak(8 * cm), Paragraph(HEADINGS[11], st.h1)]
+    story: list[Any] = [CondPageBreak(8 * cm), Paragraph(HEADINGS[12], st.h1)]
     seed = card.seed if card and card.seed is not None else record.config.get("seed_everything")
     rows: list[tuple[str, Any]] = [
         ("seed", value_text(seed) if seed is not None else "not recorded")
