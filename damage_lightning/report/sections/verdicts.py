@@ -136,7 +136,7 @@ def recordings_section(test: EvaluationMetrics, st: Styles) -> list[Any]:
 
 def _table_widths() -> list[float]:
     # The path takes the most room; the two class columns share what the numbers leave.
-    narrow = 58.0
+    narrow = 66.0
     name = (FRAME_W - 3 * narrow) / 2.2
     label = (FRAME_W - 3 * narrow - name) / 2
     return [name, label, label, narrow, narrow, narrow]
