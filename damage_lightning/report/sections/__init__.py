@@ -23,3 +23,17 @@ HEADINGS = (
     "9 Reproducibility",
     "10 Sensor health",
 )
+
+
+def heading(title: str) -> str:
+    """The numbered heading of ``title`` (``heading("Sensor health") == "10 Sensor health"``).
+
+    Sections look their heading up by title, so adding a section renumbers nothing by hand.
+
+    Raises:
+        KeyError: no heading has that title.
+    """
+    for h in HEADINGS:
+        if h.split(" ", 1)[1] == title:
+            return h
+    raise KeyError(f"no report heading titled {title!r}")

@@ -11,7 +11,7 @@ from damage_lightning.evaluation.attribution import reading
 from damage_lightning.report.figures import FigureFile
 from damage_lightning.report.layout import FRAME_W, NAME_MAX, Styles, esc, figure_flowables, table
 from damage_lightning.report.record import RunRecord
-from damage_lightning.report.sections import HEADINGS
+from damage_lightning.report.sections import heading
 from damage_lightning.report.text import clean_text
 
 
@@ -20,7 +20,7 @@ def explanations(record: RunRecord, figures: list[FigureFile], st: Styles) -> li
     found = [f for f in figures if f.kind == "attribution"]
     story: list[Any] = [
         PageBreak() if found else CondPageBreak(4 * cm),
-        Paragraph(HEADINGS[9], st.h2),
+        Paragraph(heading("Explanations in hertz"), st.h2),
     ]
     result = record.attribution
     if result is None:

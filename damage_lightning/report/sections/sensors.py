@@ -10,7 +10,7 @@ from reportlab.platypus import CondPageBreak, Paragraph
 from damage_lightning.card import SensorHealthCard
 from damage_lightning.report.layout import Styles, esc, table
 from damage_lightning.report.record import RunRecord
-from damage_lightning.report.sections import HEADINGS
+from damage_lightning.report.sections import heading
 
 #: Findings listed in the report (model_info.json holds more).
 MAX_FINDING_ROWS = 40
@@ -20,7 +20,7 @@ SPLIT_NAMES = ("train", "val", "test")
 
 def sensor_health(record: RunRecord, st: Styles) -> list[Any]:
     """Section 10: findings of the sensor-health gate (or that there were none), its action."""
-    story: list[Any] = [CondPageBreak(6 * cm), Paragraph(HEADINGS[12], st.h1)]
+    story: list[Any] = [CondPageBreak(6 * cm), Paragraph(heading("Sensor health"), st.h1)]
     health = record.card.sensor_health if record.card else None
     if health is None:
         story.append(
