@@ -11,13 +11,12 @@ import pytest
 
 from damage_lightning.errors import DataValidationError
 from damage_lightning.io.dataset import read_recording
-from damage_lightning.io.readers import base
-from damage_lightning.io.readers import csv as csv_reader
-from damage_lightning.io.readers.blocks import BatchColumns, GrowingRows
+from damage_lightning.io.readers import base, csv_blocks
+from damage_lightning.io.readers.csv_blocks import BatchColumns, GrowingRows
 
 ROWS = 3000
 RATE = 500.0
-# Blocks of this many bytes hold about 20 rows of the files below: 150 blocks a file.
+# Blocks of this many bytes hold about 25 rows of the files below: over 100 blocks a file.
 TINY_BLOCK = 1024
 
 
@@ -46,9 +45,9 @@ def write(path: Path, rows: list[str], newline: str = "\n") -> Path:
 
 @pytest.fixture
 def tiny_blocks(monkeypatch):
-    """Stream in blocks of ~20 rows and check the time column 7 samples at a time; count the
-    blocks read."""
-    monkeypatch.setattr(csv_reader, "BLOCK_SIZE", TINY_BLOCK)
+    """Parse blocks of ~25 rows and check the time column 7 samples at a time; count the
+    record batches (one per block) read."""
+    monkeypatch.setattr(csv_blocks, "BLOCK_SIZE", TINY_BLOCK)
     monkeypatch.setattr(base, "_TIME_SLICE", 7)
     blocks = []
     add = BatchColumns.add
@@ -77,12 +76,12 @@ def test_many_blocks_read_exactly_as_one(tmp_path, monkeypatch, tiny_blocks, nam
     path = VARIANTS[name](tmp_path / name)
     with monkeypatch.context() as whole:
         # One block for the whole file: the small-file read.
-        whole.setattr(csv_reader, "BLOCK_SIZE", 1 << 22)
+        whole.setattr(csv_blocks, "BLOCK_SIZE", 1 << 22)
         one = read_recording(path)
     assert len(tiny_blocks) == 1
     tiny_blocks.clear()
     # The sample buffers sized too small (they grow), or too large (the rows move together).
-    monkeypatch.setattr(csv_reader, "_CAPACITY_MARGIN", margin)
+    monkeypatch.setattr(csv_blocks, "_CAPACITY_MARGIN", margin)
     many = read_recording(path)
     assert len(tiny_blocks) > 50 and sum(tiny_blocks) == ROWS
     assert many.channels == one.channels == ["x", "y", "z"]
@@ -94,6 +93,40 @@ def test_many_blocks_read_exactly_as_one(tmp_path, monkeypatch, tiny_blocks, nam
     # The values themselves: what numpy parses from the text, as float32.
     expected = np.array([line.split(",")[1:4] for line in lines()[1:]], dtype=np.float64).T
     np.testing.assert_array_equal(one.data, expected.astype(np.float32))
+
+
+def test_a_column_inferred_otherwise_in_a_later_block_reads_as_one(tmp_path, tiny_blocks):
+    # Timestamps with fractions in the first block only: pyarrow infers nanoseconds there and
+    # whole seconds after; the later blocks are parsed again as the first block's type.
+    start = np.datetime64("2024-05-01T10:00:00", "s")
+    stamps = [str(start + i) + (".000" if i < 40 else "") for i in range(ROWS)]
+    rows = ["Timestamp,x"] + [f"{t},{i % 17}" for i, t in enumerate(stamps)]
+    path = write(tmp_path / "stamps.csv", rows)
+    many = read_recording(path)
+    assert len(tiny_blocks) > 50
+    assert many.sample_rate == 1.0
+    np.testing.assert_array_equal(many.data[0], np.arange(ROWS) % 17)
+
+
+def test_a_bom_at_the_start_of_a_block_is_kept(tmp_path, monkeypatch, tiny_blocks):
+    # A BOM inside the file (files joined together) at the start of the line that crosses a
+    # block boundary: pyarrow drops a BOM at the start of a buffer, the whole-file read does not.
+    rows = lines()
+    offset, j = 0, 0
+    while offset + len(rows[j]) + 1 <= 20 * TINY_BLOCK:
+        offset += len(rows[j]) + 1
+        j += 1
+    assert offset < 20 * TINY_BLOCK < offset + len(rows[j]) + 1  # row j crosses the boundary
+    rows[j] = "\ufeff" + rows[j]
+    path = write(tmp_path / "joined.csv", rows)
+    errors = []
+    for block in (TINY_BLOCK, 1 << 22):
+        monkeypatch.setattr(csv_blocks, "BLOCK_SIZE", block)
+        with pytest.raises(DataValidationError) as info:
+            read_recording(path)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+    assert "time column is not numeric" in errors[0]
 
 
 def _late(rows: list[str], index: int, column: int, value: str) -> list[str]:

@@ -1,8 +1,10 @@
 """CSV recordings: header sniffing, fast pyarrow parsing, and errors that name the row and column.
 
 Accepts a UTF-8 BOM, ``,`` ``;`` or tab delimiters (sniffed from the header line), CRLF line
-ends, gzip content (detected by its magic bytes, whatever the extension) and unicode names. The
-slow diagnosis runs only when the typed read fails, to name the first bad cell.
+ends, gzip content (detected by its magic bytes, whatever the extension) and unicode names. A
+long file is parsed a block of text at a time, cut as pyarrow cuts it, a few blocks at once in
+threads, so a read holds the samples and a few MB of text, not the file. The slow diagnosis runs
+only when the typed read fails, to name the first bad cell; it reads the whole file.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import io
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,7 +30,14 @@ from damage_lightning.io.readers.base import (
     rate_from_times,
     requested_channels,
 )
-from damage_lightning.io.readers.blocks import BatchColumns, is_time_type
+from damage_lightning.io.readers.csv_blocks import (
+    BatchColumns,
+    Layout,
+    batches,
+    capacity_guess,
+    is_time_type,
+    parse,
+)
 from damage_lightning.io.readers.text import (
     NON_SPACE,
     SNIFF_BYTES,
@@ -37,15 +47,6 @@ from damage_lightning.io.readers.text import (
     read_head,
 )
 
-#: Bytes of text pyarrow parses at a time. A read holds a few blocks of text, not the file; the
-#: first block also decides the type of the columns read without one (the time column).
-BLOCK_SIZE = 1 << 18
-# Streamed blocks hold at least this many of the longest lines of the file's first bytes ...
-_LINES_PER_BLOCK = 16
-# ... up to the block size of the whole-file read (a longer line is an error, as it always was).
-_WHOLE_FILE_BLOCK_SIZE = 1 << 20
-# Samples estimated from the first lines' lengths, times this, are allocated up front.
-_CAPACITY_MARGIN = 1.1
 _DELIMITERS = (",", ";", "\t")
 _NUMBER_RE = r"^\s*[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|infinity|nan)\s*$"
 _NUMBER = re.compile(_NUMBER_RE, re.IGNORECASE)
@@ -168,51 +169,7 @@ def _find_ragged(raw: bytes, delimiter: str, n_fields: int) -> tuple[int, int] |
     return None
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """What pyarrow parses in one file, the same for the streamed and the whole-file read.
-
-    Args:
-        names: the parser's column names (unnamed columns get placeholders).
-        delimiter: the field delimiter.
-        channels: the channel columns, in the order asked for.
-        unnamed: columns with no name in the header (their cells must be empty).
-        time: the time column, or ``None``.
-        block_size: bytes of text parsed at a time (see :func:`_block_size`).
-    """
-
-    names: list[str]
-    delimiter: str
-    channels: list[str]
-    unnamed: list[str]
-    time: str | None
-    block_size: int
-
-    @property
-    def include(self) -> list[str]:
-        """The columns parsed; the others are skipped."""
-        return self.channels + self.unnamed + ([self.time] if self.time else [])
-
-    def options(self, types: dict) -> dict[str, Any]:
-        """Keyword arguments of ``pyarrow.csv.read_csv`` / ``open_csv``; ``types`` by column."""
-        import pyarrow.csv as pacsv
-
-        return {
-            "read_options": pacsv.ReadOptions(
-                column_names=self.names, skip_rows=1, use_threads=True, block_size=self.block_size
-            ),
-            "parse_options": pacsv.ParseOptions(delimiter=self.delimiter),
-            "convert_options": pacsv.ConvertOptions(
-                column_types=types, include_columns=self.include, check_utf8=False
-            ),
-        }
-
-    def columns(self, capacity: int) -> BatchColumns:
-        """An empty :class:`BatchColumns` for this layout, sized for ``capacity`` rows."""
-        return BatchColumns(self.channels, self.time, self.unnamed, capacity)
-
-
-def _layout(names: list[str], delimiter: str, head: bytes, channels: list[str] | None) -> _Layout:
+def _layout(names: list[str], delimiter: str, channels: list[str] | None) -> Layout:
     """The layout of a file with header ``names``; ``channels`` as :meth:`CsvReader.read`."""
     # Unnamed columns (e.g. from a trailing delimiter) get placeholder names for the parser.
     arrow_names = [n or f"<unnamed column {i + 1}>" for i, n in enumerate(names)]
@@ -222,33 +179,7 @@ def _layout(names: list[str], delimiter: str, head: bytes, channels: list[str] |
     else:
         channels = [n for n in names if n and not is_time_name(n)]
         unnamed = [a for a, n in zip(arrow_names, names, strict=True) if not n]
-    return _Layout(arrow_names, delimiter, channels, unnamed, time, _block_size(head))
-
-
-def _block_size(head: bytes) -> int:
-    """The streamed read's block size: ``BLOCK_SIZE``, or larger when the lines are long.
-
-    pyarrow fails on a line longer than a block; the limit stays the 1 MiB it always was.
-    """
-    longest = max((len(line) for line in head.split(b"\n")), default=0) + 1
-    return max(BLOCK_SIZE, min(_LINES_PER_BLOCK * longest, _WHOLE_FILE_BLOCK_SIZE))
-
-
-def _capacity(head: bytes, size: int) -> int:
-    """Rows a text of ``size`` bytes holds, guessed from the lengths of its first lines."""
-    start, last = head.find(b"\n") + 1, head.rfind(b"\n")
-    lines = head.count(b"\n", start, last + 1)
-    if lines == 0:
-        return 0
-    return int(lines * (size - start) / (last + 1 - start) * _CAPACITY_MARGIN) + 1024
-
-
-def _arrow_read(raw: bytes, layout: _Layout, types: dict) -> Any:
-    """The whole text parsed at once into a ``pyarrow.Table``."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    return pacsv.read_csv(pa.py_buffer(raw), **layout.options(types))
+    return Layout(arrow_names, delimiter, channels, unnamed, time)
 
 
 def _classify_text_column(col: Any) -> tuple[int, int | None]:
@@ -283,7 +214,7 @@ def _looks_like_decimal_comma(col: Any) -> bool:
 
 
 def _diagnose(
-    raw: bytes, display: str, layout: _Layout, requested: bool, file_row: Callable[[int], int]
+    raw: bytes, display: str, layout: Layout, requested: bool, file_row: Callable[[int], int]
 ) -> tuple[Any, list[str]]:
     """Slow path after the typed read failed: find the first bad row/column, or drop text columns.
 
@@ -292,7 +223,7 @@ def _diagnose(
     import pyarrow as pa
 
     try:
-        table = _arrow_read(raw, layout, {})
+        table = parse(raw, layout.options({}))
     except pa.ArrowInvalid as exc:
         n_fields = len(layout.names)
         ragged = _find_ragged(raw, layout.delimiter, n_fields)
@@ -383,49 +314,34 @@ def _check_header(
         return head, fh.raw.size, names, delimiter, channels
 
 
-def _stream(path: Path, display: str, layout: _Layout, types: dict, columns: BatchColumns) -> None:
-    """Parse the file a block at a time (pyarrow's streaming reader) into ``columns``.
-
-    Raises:
-        pyarrow.ArrowInvalid: a cell that does not convert to its column's type, a ragged row.
-    """
-    import pyarrow.csv as pacsv
-
-    with open_text(path, display) as fh:
-        for batch in pacsv.open_csv(fh, **layout.options(types)):
-            columns.add(batch)
-
-
-def _stream_without_text(
-    path: Path, display: str, layout: _Layout, capacity: int
+def _read_dropping_text(
+    path: Path, display: str, layout: Layout, capacity: int
 ) -> BatchColumns | None:
-    """The streamed read with inferred types: a file with text columns, dropped, streams too.
+    """The read again with inferred types, so that a file with text columns streams too.
 
     For a typed read that failed at its first block, with no channels asked for: a column
     without a single number (a status, a comment) is not a channel. The numeric columns are
     parsed as float64 and stored as float32, as the whole-file read does with them.
 
     Returns:
-        The columns, or ``None`` when a text column holds a number or the stream fails: the
+        The columns, or ``None`` when a text column holds a number or a block fails: the
         whole-file read names the problem.
     """
     import pyarrow as pa
-    import pyarrow.csv as pacsv
 
-    with open_text(path, display) as fh:
+    columns, text = None, []
+    with closing(batches(path, display, layout, dict.fromkeys(layout.unnamed, pa.null()))) as it:
         try:
-            reader = pacsv.open_csv(fh, **layout.options(dict.fromkeys(layout.unnamed, pa.null())))
-            types = {f.name: f.type for f in reader.schema}
-            text = [n for n in layout.channels if _is_text_type(types[n])]
-            numeric = [n for n in layout.channels if _is_channel_type(types[n])]
-            columns = replace(layout, channels=numeric).columns(capacity)
-            for batch in reader:
+            for batch in it:
+                if columns is None:
+                    types = {f.name: f.type for f in batch.schema}
+                    text = [n for n in layout.channels if _is_text_type(types[n])]
+                    numeric = [n for n in layout.channels if _is_channel_type(types[n])]
+                    columns = replace(layout, channels=numeric).columns(capacity)
                 for name in text:
                     col = batch.column(name)
-                    first_rows = columns.rows == 0
-                    if _classify_text_column(col)[0] or (
-                        first_rows and _looks_like_decimal_comma(col)
-                    ):
+                    comma = columns.rows == 0 and _looks_like_decimal_comma(col)
+                    if comma or _classify_text_column(col)[0]:
                         return None
                 columns.add(batch)
         except pa.ArrowInvalid:
@@ -434,19 +350,18 @@ def _stream_without_text(
 
 
 def _read_whole(
-    path: Path, display: str, layout: _Layout, requested: bool, file_row: Callable[[int], int]
+    path: Path, display: str, layout: Layout, requested: bool, file_row: Callable[[int], int]
 ) -> BatchColumns:
-    """Parse the whole text at once (after the streamed read failed), diagnosing what failed.
+    """Parse the whole text at once (after the block-wise read failed), diagnosing what failed.
 
     With type inference a text column is dropped (an error when ``requested``), a bad cell is
     named by its row and column. Holds the file's bytes and the whole table while it runs.
     """
     import pyarrow as pa
 
-    layout = replace(layout, block_size=_WHOLE_FILE_BLOCK_SIZE)
     raw = read_bytes(path, display)
     try:
-        table = _arrow_read(raw, layout, dict.fromkeys(layout.channels, pa.float32()))
+        table = parse(raw, layout.options(dict.fromkeys(layout.channels, pa.float32())))
     except pa.ArrowInvalid:
         table, numeric = _diagnose(raw, display, layout, requested, file_row)
         layout = replace(layout, channels=[n for n in numeric if n not in layout.unnamed])
@@ -458,7 +373,7 @@ def _read_whole(
 
 
 def _recording(
-    columns: BatchColumns, layout: _Layout, display: str, file_row: Callable[[int], int]
+    columns: BatchColumns, layout: Layout, display: str, file_row: Callable[[int], int]
 ) -> RawRecording:
     """The checks on what was read, in the order they always ran, and the recording."""
     for name in layout.unnamed:
@@ -490,8 +405,8 @@ class CsvReader(Reader):
     """CSV text (plain or gzip): a header row; every numeric column is a channel, except time.
 
     A time column (``TIME_COLUMN_NAMES``) gives the sample rate; a column without a single number
-    (a comment, a status text) is not a channel and is dropped. pyarrow parses the file a block
-    at a time, so a read holds the samples and a few blocks of text, not the file.
+    (a comment, a status text) is not a channel and is dropped. pyarrow parses a long file a
+    block at a time, so a read holds the samples and a few MB of text, not the file.
     """
 
     name: ClassVar[str] = "csv"
@@ -517,10 +432,10 @@ class CsvReader(Reader):
     ) -> RawRecording:
         """Parse one CSV file into float32 ``(channels, samples)``.
 
-        The file is streamed, the channels parsed as float32 a block at a time. When a block
-        does not convert (a bad cell, a ragged row, a text column, a value in an unnamed column,
-        a time column whose type changes after the first block), the whole file is parsed again
-        with type inference, to name the problem or to drop the text columns.
+        The channels are parsed as float32, a long file a block at a time (``csv_blocks``).
+        When a block does not convert (a bad cell, a ragged row, a text column, a value in an
+        unnamed column, a time column whose type changes after the first block), the file is
+        parsed again with type inference, to drop the text columns or to name the problem.
 
         Args:
             path: the CSV file.
@@ -535,15 +450,16 @@ class CsvReader(Reader):
 
         path = Path(path)
         head, size, names, delimiter, channels = _check_header(path, display, channels)
-        layout = _layout(names, delimiter, head, channels)
+        layout = _layout(names, delimiter, channels)
         file_row = _row_finder(path, display)
-        capacity = _capacity(head, size)
+        capacity = capacity_guess(head, size)
         columns = layout.columns(capacity)
         types = dict.fromkeys(layout.channels, pa.float32())
-        # An unnamed column must be empty: typed null, a value in it fails the stream.
+        # An unnamed column must be empty: typed null, a value in it fails the block.
         types.update(dict.fromkeys(layout.unnamed, pa.null()))
         try:
-            _stream(path, display, layout, types, columns)
+            for batch in batches(path, display, layout, types):
+                columns.add(batch)
             streamed = True
         except pa.ArrowInvalid:
             streamed = False  # (the traceback holds the partial arrays until this block ends)
@@ -552,7 +468,7 @@ class CsvReader(Reader):
             del columns  # freed before the file is read again
             again = None
             if at_start and channels is None:
-                again = _stream_without_text(path, display, layout, capacity)
+                again = _read_dropping_text(path, display, layout, capacity)
             if again is None:
                 again = _read_whole(path, display, layout, channels is not None, file_row)
             columns = again
