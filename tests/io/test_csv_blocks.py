@@ -1,5 +1,5 @@
-"""The CSV reader streams a file in blocks: many blocks read exactly as one, and a problem in a
-late block is named by the row where it is in the file."""
+"""The CSV reader parses a long file a block at a time: many blocks read exactly as the whole text
+in one piece, and a problem in a late block is named by the row where it is in the file."""
 
 from __future__ import annotations
 
