@@ -16,7 +16,7 @@ from damage_lightning.io import checks, dataset
 from damage_lightning.io.dataset import load_dataset
 from damage_lightning.io.dataset import read_channel_names as read_header
 from damage_lightning.io.discovery import discover, discover_with_warnings
-from damage_lightning.io.readers import csv as csv_reader
+from damage_lightning.io.readers import text as csv_text
 
 
 def read_recording(path, channels=None, display=None):
@@ -323,7 +323,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
         def deny(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(csv_reader, "open", deny, raising=False)
+        monkeypatch.setattr(csv_text, "open", deny, raising=False)
     else:
         path.chmod(0)
     err = error_of(read_recording, path)

@@ -31,6 +31,8 @@ TIME_COLUMN_NAMES = frozenset(
 TIME_STEP_TOLERANCE = 0.25
 #: Ticks per second of Arrow / numpy timestamp units.
 TIMESTAMP_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+# Samples of the time column checked at a time (bounds the checks' temporaries to a few MB).
+_TIME_SLICE = 1 << 18
 
 
 def is_time_name(name: str) -> bool:
@@ -274,6 +276,14 @@ def check_finite(
     raise fail(display, reason, location(idx, names[c]))
 
 
+def first_null(col: Any) -> int:
+    """Index of the first null of a pyarrow array or chunked array that has one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return int(pc.index(pc.is_null(col), pa.scalar(True)).as_py())
+
+
 def check_raw(raw: RawRecording, display: str) -> RawRecording:
     """The validation every format shares; returns the recording as float32, C-contiguous.
 
@@ -305,7 +315,7 @@ def check_raw(raw: RawRecording, display: str) -> RawRecording:
     return RawRecording(data, list(raw.channels), rate)
 
 
-def seconds_since_start(ticks: np.ndarray, unit: str) -> np.ndarray:
+def seconds_since_start(ticks: np.ndarray, unit: str, start: int | None = None) -> np.ndarray:
     """Timestamps (integer ticks of ``unit``) as seconds since the first one.
 
     Epoch nanoseconds exceed float64's integer precision, so the start is subtracted first.
@@ -313,9 +323,22 @@ def seconds_since_start(ticks: np.ndarray, unit: str) -> np.ndarray:
     Args:
         ticks: int64 ticks.
         unit: ``"s"``, ``"ms"``, ``"us"`` or ``"ns"``.
+        start: the first tick of the recording, when ``ticks`` is a later part of it (a reader
+            converting block by block); ``None``: ``ticks[0]``.
     """
     ticks = np.asarray(ticks, dtype=np.int64)
-    return (ticks - ticks[0]).astype(np.float64) / TIMESTAMP_UNITS[unit]
+    start = ticks[0] if start is None else np.int64(start)
+    return (ticks - start).astype(np.float64) / TIMESTAMP_UNITS[unit]
+
+
+def _time_steps(t: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first index, np.diff)`` of ``t``, a slice at a time.
+
+    Whole-recording temporaries (the steps, their deviations) would each be as large as the time
+    column itself.
+    """
+    for start in range(0, len(t) - 1, _TIME_SLICE):
+        yield start, np.diff(t[start : start + _TIME_SLICE + 1])
 
 
 def rate_from_times(
@@ -338,26 +361,31 @@ def rate_from_times(
     def where(i: int) -> str:
         return f"{row_label(i)}, column '{column}'"
 
-    finite = np.isfinite(t)
-    if not finite.all():
-        raise fail(display, "time value is not finite", where(int(np.flatnonzero(~finite)[0])))
+    for start in range(0, len(t), _TIME_SLICE):
+        finite = np.isfinite(t[start : start + _TIME_SLICE])
+        if not finite.all():
+            first = start + int(np.flatnonzero(~finite)[0])
+            raise fail(display, "time value is not finite", where(first))
     step = (t[-1] - t[0]) / (len(t) - 1)
-    d = np.diff(t)
-    if step <= 0 or (d <= 0).any():
-        first = int(np.flatnonzero(d <= 0)[0]) if (d <= 0).any() else 0
+    back = next(
+        (start + int(np.flatnonzero(d <= 0)[0]) for start, d in _time_steps(t) if (d <= 0).any()),
+        None,
+    )
+    if step <= 0 or back is not None:
         raise fail(
             display,
             "time column does not increase (times must be strictly ascending)",
-            where(first + 1),
+            where((back or 0) + 1),
         )
-    off = np.abs(d - step) > TIME_STEP_TOLERANCE * step
-    if off.any():
-        first = int(np.flatnonzero(off)[0])
-        raise fail(
-            display,
-            f"irregular time column: step {d[first]:.6g} s where the mean step is {step:.6g} s "
-            "(samples must be evenly spaced; missing or repeated rows?)",
-            where(first + 1),
-        )
+    for start, d in _time_steps(t):
+        off = np.abs(d - step) > TIME_STEP_TOLERANCE * step
+        if off.any():
+            first = int(np.flatnonzero(off)[0])
+            raise fail(
+                display,
+                f"irregular time column: step {d[first]:.6g} s where the mean step is "
+                f"{step:.6g} s (samples must be evenly spaced; missing or repeated rows?)",
+                where(start + first + 1),
+            )
     # Time values are printed with few digits; keep 6 significant digits of the rate.
     return float(f"{1.0 / step:.6g}")

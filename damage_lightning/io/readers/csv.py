@@ -1,23 +1,25 @@
 """CSV recordings: header sniffing, fast pyarrow parsing, and errors that name the row and column.
 
 Accepts a UTF-8 BOM, ``,`` ``;`` or tab delimiters (sniffed from the header line), CRLF line
-ends, gzip content (detected by its magic bytes, whatever the extension) and unicode names. The
-slow diagnosis runs only when the typed read fails, to name the first bad cell.
+ends, gzip content (detected by its magic bytes, whatever the extension) and unicode names. A
+long file is parsed a block of text at a time, cut as pyarrow cuts it, a few blocks at once in
+threads, so a read holds the samples and a few MB of text, not the file. The slow diagnosis runs
+only when the typed read fails, to name the first bad cell; it reads the whole file.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import re
-import zlib
 from collections import Counter
+from collections.abc import Callable, Iterable
+from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
+from damage_lightning.errors import DataValidationError
 from damage_lightning.io.readers.base import (
     RawRecording,
     Reader,
@@ -25,19 +27,29 @@ from damage_lightning.io.readers.base import (
     check_finite,
     fail,
     is_time_name,
-    open_error,
     rate_from_times,
     requested_channels,
-    seconds_since_start,
+)
+from damage_lightning.io.readers.csv_blocks import (
+    BatchColumns,
+    Layout,
+    batches,
+    capacity_guess,
+    is_time_type,
+    parse,
+)
+from damage_lightning.io.readers.text import (
+    NON_SPACE,
+    SNIFF_BYTES,
+    drain,
+    open_text,
+    read_bytes,
+    read_head,
 )
 
-_SNIFF_BYTES = 1 << 16
-_BLOCK_SIZE = 1 << 20
 _DELIMITERS = (",", ";", "\t")
 _NUMBER_RE = r"^\s*[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf|infinity|nan)\s*$"
 _NUMBER = re.compile(_NUMBER_RE, re.IGNORECASE)
-# Searching (rather than bytes.strip(), which copies) finds content in multi-GB buffers for free.
-_NON_SPACE = re.compile(rb"\S")
 _DECIMAL_COMMA = re.compile(r"^\s*[+-]?\d+,\d+\s*$")
 # pyarrow's default null spellings plus the empty cell: all of them mean "no value" here.
 _NULL_TOKENS = (
@@ -74,36 +86,17 @@ def sniff_delimiter(line: str) -> str:
     return best if counts[best] else ","
 
 
-def _read_bytes(path: Path, display: str, limit: int | None = None) -> bytes:
-    """Read (and gunzip) a file, or its first ``limit`` bytes; BOM stripped."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read() if limit is None else fh.read(limit)
-            if raw[:2] == b"\x1f\x8b":
-                fh.seek(0)
-                try:
-                    with gzip.GzipFile(fileobj=fh) as gz:
-                        raw = gz.read() if limit is None else gz.read(limit)
-                except (OSError, EOFError, zlib.error) as exc:
-                    raise fail(display, f"gzip content is corrupt or truncated ({exc})") from None
-    except OSError as exc:
-        raise open_error(exc, display) from None
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    return raw
-
-
 def _looks_numeric(text: str) -> bool:
     return bool(_NUMBER.match(text))
 
 
 def _parse_header(raw: bytes, display: str) -> tuple[list[str], str]:
     """Check that ``raw`` is CSV text and return ``(column names, delimiter)``."""
-    if _NON_SPACE.search(raw) is None:
+    if NON_SPACE.search(raw) is None:
         raise fail(display, "file is empty")
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise fail(display, "file is UTF-16 encoded; save it as UTF-8 CSV")
-    if b"\x00" in raw[:_SNIFF_BYTES]:
+    if b"\x00" in raw[:SNIFF_BYTES]:
         raise fail(display, "not a text CSV file (binary content)")
     end = raw.find(b"\n")
     line_b = (raw if end < 0 else raw[:end]).rstrip(b"\r")
@@ -135,19 +128,31 @@ def _parse_header(raw: bytes, display: str) -> tuple[list[str], str]:
     return names, delimiter
 
 
-def _file_row(raw: bytes, index: int) -> int:
-    """Row number in the file (1-based, header = row 1) of data row ``index`` (0-based)."""
-    if b"\n\n" not in raw and b"\n\r\n" not in raw:
-        return index + 2
-    # The parser skips blank lines; count them back in.
+def _file_row(lines: Iterable[bytes], index: int) -> int:
+    """Row number in the file (1-based, header = row 1) of data row ``index`` (0-based).
+
+    Args:
+        lines: the file's text, a line at a time (an open :func:`open_text`).
+        index: the row as the parser counts rows: it skips blank lines, which are counted back in.
+    """
     count = -1
-    for lineno, line in enumerate(raw.split(b"\n"), 1):
-        if line in (b"", b"\r"):
+    for lineno, line in enumerate(lines, 1):
+        if line in (b"\n", b"\r\n", b"", b"\r"):
             continue
         count += 1
         if count == index + 1:
             return lineno
     return index + 2
+
+
+def _row_finder(path: Path, display: str) -> Callable[[int], int]:
+    """Data row index -> row number in the file, by reading the file again (for errors only)."""
+
+    def row(index: int) -> int:
+        with open_text(path, display) as fh:
+            return _file_row(fh, index)
+
+    return row
 
 
 def _find_ragged(raw: bytes, delimiter: str, n_fields: int) -> tuple[int, int] | None:
@@ -164,20 +169,17 @@ def _find_ragged(raw: bytes, delimiter: str, n_fields: int) -> tuple[int, int] |
     return None
 
 
-def _arrow_read(raw: bytes, names: list[str], delimiter: str, include: list[str], types: dict):
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    return pacsv.read_csv(
-        pa.py_buffer(raw),
-        read_options=pacsv.ReadOptions(
-            column_names=names, skip_rows=1, use_threads=True, block_size=_BLOCK_SIZE
-        ),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter),
-        convert_options=pacsv.ConvertOptions(
-            column_types=types, include_columns=include, check_utf8=False
-        ),
-    )
+def _layout(names: list[str], delimiter: str, channels: list[str] | None) -> Layout:
+    """The layout of a file with header ``names``; ``channels`` as :meth:`CsvReader.read`."""
+    # Unnamed columns (e.g. from a trailing delimiter) get placeholder names for the parser.
+    arrow_names = [n or f"<unnamed column {i + 1}>" for i, n in enumerate(names)]
+    time = next((n for n in names if n and is_time_name(n)), None)
+    if channels is not None:
+        unnamed: list[str] = []
+    else:
+        channels = [n for n in names if n and not is_time_name(n)]
+        unnamed = [a for a, n in zip(arrow_names, names, strict=True) if not n]
+    return Layout(arrow_names, delimiter, channels, unnamed, time)
 
 
 def _classify_text_column(col: Any) -> tuple[int, int | None]:
@@ -193,15 +195,26 @@ def _classify_text_column(col: Any) -> tuple[int, int | None]:
     return n_numeric, (None if first is None or first < 0 else first)
 
 
+def _is_channel_type(typ: Any) -> bool:
+    """Whether a column that pyarrow typed by inference is a channel (numbers, or all empty)."""
+    import pyarrow as pa
+
+    return pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_null(typ)
+
+
+def _is_text_type(typ: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ)
+
+
+def _looks_like_decimal_comma(col: Any) -> bool:
+    """Whether a text column's first cell is a number written with a decimal comma."""
+    return bool(len(col)) and bool(_DECIMAL_COMMA.match(str(col[0].as_py() or "")))
+
+
 def _diagnose(
-    raw: bytes,
-    display: str,
-    names: list[str],
-    arrow_names: list[str],
-    delimiter: str,
-    include: list[str],
-    requested: bool,
-    time_name: str | None,
+    raw: bytes, display: str, layout: Layout, requested: bool, file_row: Callable[[int], int]
 ) -> tuple[Any, list[str]]:
     """Slow path after the typed read failed: find the first bad row/column, or drop text columns.
 
@@ -210,31 +223,32 @@ def _diagnose(
     import pyarrow as pa
 
     try:
-        table = _arrow_read(raw, arrow_names, delimiter, include, {})
+        table = parse(raw, layout.options({}))
     except pa.ArrowInvalid as exc:
-        ragged = _find_ragged(raw, delimiter, len(names))
+        n_fields = len(layout.names)
+        ragged = _find_ragged(raw, layout.delimiter, n_fields)
         if ragged is None:
             raise fail(display, f"cannot parse the CSV ({exc})") from None
         row, found = ragged
         reason = (
-            f"expected {len(names)} fields like the header, found {found}"
+            f"expected {n_fields} fields like the header, found {found}"
             if found >= 0
             else "malformed quoting"
         )
         raise fail(display, reason, f"row {row}") from None
     keep: list[str] = []
     first_bad: tuple[int, str, str] | None = None
-    for name in include:
-        if name == time_name:
+    for name in layout.include:
+        if name == layout.time:
             continue
         col = table.column(name)
         typ = col.type
-        if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_null(typ):
+        if _is_channel_type(typ):
             keep.append(name)
             continue
-        if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        if _is_text_type(typ):
             n_numeric, first = _classify_text_column(col)
-            if n_numeric == 0 and len(col) and _DECIMAL_COMMA.match(str(col[0].as_py() or "")):
+            if n_numeric == 0 and _looks_like_decimal_comma(col):
                 # Numbers written with a decimal comma: a sensor column, not a text column.
                 n_numeric, first = 1, 0
             if n_numeric > 0 and first is not None:
@@ -264,7 +278,7 @@ def _diagnose(
     if first_bad is not None:
         index, name, value = first_bad
         text = "" if value is None else str(value)
-        where = f"row {_file_row(raw, index)}, column '{name}'"
+        where = f"row {file_row(index)}, column '{name}'"
         if text.strip() in _NULL_TOKENS:
             raise fail(display, "empty or NaN value", where)
         reason = f"non-numeric value {text!r}"
@@ -276,67 +290,123 @@ def _diagnose(
     return table, keep
 
 
-def _time_seconds(col: Any, raw: bytes, display: str, name: str) -> np.ndarray:
-    import pyarrow as pa
+def _check_header(
+    path: Path, display: str, channels: list[str] | None
+) -> tuple[bytes, int, list[str], str, list[str] | None]:
+    """``(head, text size, names, delimiter, channels)`` from the file's first bytes, checked.
 
-    typ = col.type
-    if col.null_count:
-        # Rare error path: finding the row may load pyarrow.compute.
-        import pyarrow.compute as pc
+    ``channels`` is checked against the header (``requested_channels``). On a problem the rest
+    is read first, so that a damaged gzip stream is reported before it, as it always was.
+    """
+    with open_text(path, display) as fh:
+        head = read_head(fh)
+        try:
+            names, delimiter = _parse_header(head, display)
+            end = head.find(b"\n")
+            if end < 0 or NON_SPACE.search(head, end + 1) is None:
+                raise fail(display, "the file has a header but no data rows")
+            if channels is not None:
+                available = [n for n in names if n and not is_time_name(n)]
+                channels = requested_channels(available, channels, display)
+        except DataValidationError:
+            drain(fh)
+            raise
+        return head, fh.raw.size, names, delimiter, channels
 
-        first = pc.index(pc.is_null(col), pa.scalar(True)).as_py()
-        raise fail(display, "empty time value", f"row {_file_row(raw, first)}, column '{name}'")
-    if pa.types.is_timestamp(typ) or pa.types.is_integer(typ) or pa.types.is_floating(typ):
-        if pa.types.is_timestamp(typ):
-            # Epoch nanoseconds exceed float64's integer precision: subtract the start first.
-            ticks = np.empty(len(col), dtype=np.int64)
-            _column_into(col, ticks)
-            return seconds_since_start(ticks, typ.unit)
-        t = np.empty(len(col), dtype=np.float64)
-        _column_into(col, t)
-        return t
-    raise fail(display, "time column is not numeric (expected seconds)", f"column '{name}'")
 
+def _read_dropping_text(
+    path: Path, display: str, layout: Layout, capacity: int
+) -> BatchColumns | None:
+    """The read again with inferred types, so that a file with text columns streams too.
 
-def _column_into(col: Any, out: np.ndarray) -> None:
-    """Copy a numeric pyarrow ChunkedArray into ``out`` (nulls become NaN).
+    For a typed read that failed at its first block, with no channels asked for: a column
+    without a single number (a status, a comment) is not a channel. The numeric columns are
+    parsed as float64 and stored as float32, as the whole-file read does with them.
 
-    Reads the Arrow buffers directly: pyarrow's own ``to_numpy``/``cast`` import pandas, which
-    costs a third of a second on the first file.
+    Returns:
+        The columns, or ``None`` when a text column holds a number or a block fails: the
+        whole-file read names the problem.
     """
     import pyarrow as pa
 
-    offset = 0
-    for chunk in col.chunks:
-        k = len(chunk)
-        typ = chunk.type
-        seg = out[offset : offset + k]
-        offset += k
-        if pa.types.is_null(typ):
-            seg[:] = np.nan
-            continue
-        if pa.types.is_floating(typ):
-            kind = "f"
-        elif pa.types.is_signed_integer(typ) or pa.types.is_timestamp(typ):
-            kind = "i"
-        elif pa.types.is_unsigned_integer(typ):
-            kind = "u"
-        else:
-            raise TypeError(f"not a numeric column: {typ}")
-        src = np.dtype(f"<{kind}{typ.bit_width // 8}")
-        validity, values = chunk.buffers()[:2]
-        seg[:] = np.frombuffer(values, dtype=src, count=k, offset=chunk.offset * src.itemsize)
-        if chunk.null_count:
-            bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
-            seg[bits[chunk.offset : chunk.offset + k] == 0] = np.nan
+    columns, text = None, []
+    with closing(batches(path, display, layout, dict.fromkeys(layout.unnamed, pa.null()))) as it:
+        try:
+            for batch in it:
+                if columns is None:
+                    types = {f.name: f.type for f in batch.schema}
+                    text = [n for n in layout.channels if _is_text_type(types[n])]
+                    numeric = [n for n in layout.channels if _is_channel_type(types[n])]
+                    columns = replace(layout, channels=numeric).columns(capacity)
+                for name in text:
+                    col = batch.column(name)
+                    comma = columns.rows == 0 and _looks_like_decimal_comma(col)
+                    if comma or _classify_text_column(col)[0]:
+                        return None
+                columns.add(batch)
+        except pa.ArrowInvalid:
+            return None
+    return columns
+
+
+def _read_whole(
+    path: Path, display: str, layout: Layout, requested: bool, file_row: Callable[[int], int]
+) -> BatchColumns:
+    """Parse the whole text at once (after the block-wise read failed), diagnosing what failed.
+
+    With type inference a text column is dropped (an error when ``requested``), a bad cell is
+    named by its row and column. Holds the file's bytes and the whole table while it runs.
+    """
+    import pyarrow as pa
+
+    raw = read_bytes(path, display)
+    try:
+        table = parse(raw, layout.options(dict.fromkeys(layout.channels, pa.float32())))
+    except pa.ArrowInvalid:
+        table, numeric = _diagnose(raw, display, layout, requested, file_row)
+        layout = replace(layout, channels=[n for n in numeric if n not in layout.unnamed])
+    del raw
+    columns = layout.columns(table.num_rows)
+    for batch in table.to_batches():
+        columns.add(batch)
+    return columns
+
+
+def _recording(
+    columns: BatchColumns, layout: Layout, display: str, file_row: Callable[[int], int]
+) -> RawRecording:
+    """The checks on what was read, in the order they always ran, and the recording."""
+    for name in layout.unnamed:
+        if name in columns.unnamed_with_values:
+            # A trailing delimiter makes an empty unnamed column; one with values needs a name.
+            where = f"column {layout.names.index(name) + 1}"
+            raise fail(display, "column has values but no name in the header", where)
+    time = layout.time
+    if not columns.channels:
+        only = f" besides the time column '{time}'" if time else ""
+        raise fail(display, f"no numeric column{only}: every channel must be a column of numbers")
+    data = columns.data.finish()
+    check_finite(
+        data, columns.channels, display, lambda i, name: f"row {file_row(i)}, column '{name}'"
+    )
+    rate = None
+    if columns.seconds is not None:
+        where = f"column '{time}'"
+        if columns.time_null is not None:
+            raise fail(display, "empty time value", f"row {file_row(columns.time_null)}, {where}")
+        if not is_time_type(columns.time_type):
+            raise fail(display, "time column is not numeric (expected seconds)", where)
+        t = columns.seconds.finish()[0]
+        rate = rate_from_times(t, display, str(time), lambda i: f"row {file_row(i)}")
+    return RawRecording(data, list(columns.channels), rate)
 
 
 class CsvReader(Reader):
     """CSV text (plain or gzip): a header row; every numeric column is a channel, except time.
 
     A time column (``TIME_COLUMN_NAMES``) gives the sample rate; a column without a single number
-    (a comment, a status text) is not a channel and is dropped. Parsing is done by pyarrow with
-    threads.
+    (a comment, a status text) is not a channel and is dropped. pyarrow parses a long file a
+    block at a time, so a read holds the samples and a few MB of text, not the file.
     """
 
     name: ClassVar[str] = "csv"
@@ -349,7 +419,7 @@ class CsvReader(Reader):
         The time column and unnamed columns are left out. Whether a column is numeric is not
         known from the header, so a text column is still listed; :meth:`read` drops it.
         """
-        raw = _read_bytes(Path(path), display, limit=_SNIFF_BYTES)
+        raw = read_bytes(Path(path), display, limit=SNIFF_BYTES)
         names, _ = _parse_header(raw, display)
         return [n for n in names if n and not is_time_name(n)]
 
@@ -362,6 +432,11 @@ class CsvReader(Reader):
     ) -> RawRecording:
         """Parse one CSV file into float32 ``(channels, samples)``.
 
+        The channels are parsed as float32, a long file a block at a time (``csv_blocks``).
+        When a block does not convert (a bad cell, a ragged row, a text column, a value in an
+        unnamed column, a time column whose type changes after the first block), the file is
+        parsed again with type inference, to drop the text columns or to name the problem.
+
         Args:
             path: the CSV file.
             display: the file name used in error messages.
@@ -373,58 +448,28 @@ class CsvReader(Reader):
         """
         import pyarrow as pa
 
-        raw = _read_bytes(Path(path), display)
-        names, delimiter = _parse_header(raw, display)
-        end = raw.find(b"\n")
-        if end < 0 or _NON_SPACE.search(raw, end + 1) is None:
-            raise fail(display, "the file has a header but no data rows")
-        # Unnamed columns (e.g. from a trailing delimiter) get placeholder names for the parser.
-        arrow_names = [n or f"<unnamed column {i + 1}>" for i, n in enumerate(names)]
-        time_names = [n for n in names if n and is_time_name(n)]
-        time_name = time_names[0] if time_names else None
-        available = [n for n in names if n and not is_time_name(n)]
-        if channels is not None:
-            channels = requested_channels(available, channels, display)
-            selected = channels
-            unnamed: list[str] = []
-        else:
-            selected = list(available)
-            unnamed = [a for a, n in zip(arrow_names, names, strict=True) if not n]
-        include = selected + unnamed + ([time_name] if time_name else [])
-        types = {name: pa.float32() for name in selected}
+        path = Path(path)
+        head, size, names, delimiter, channels = _check_header(path, display, channels)
+        layout = _layout(names, delimiter, channels)
+        file_row = _row_finder(path, display)
+        capacity = capacity_guess(head, size)
+        columns = layout.columns(capacity)
+        types = dict.fromkeys(layout.channels, pa.float32())
+        # An unnamed column must be empty: typed null, a value in it fails the block.
+        types.update(dict.fromkeys(layout.unnamed, pa.null()))
         try:
-            table = _arrow_read(raw, arrow_names, delimiter, include, types)
+            for batch in batches(path, display, layout, types):
+                columns.add(batch)
+            streamed = True
         except pa.ArrowInvalid:
-            table, selected = _diagnose(
-                raw,
-                display,
-                names,
-                arrow_names,
-                delimiter,
-                include,
-                channels is not None,
-                time_name,
-            )
-            selected = [n for n in selected if n not in unnamed]
-        for name in unnamed:
-            col = table.column(name)
-            if col.null_count != len(col):
-                # A trailing delimiter makes an empty unnamed column; one with values needs a name.
-                where = f"column {arrow_names.index(name) + 1}"
-                raise fail(display, "column has values but no name in the header", where)
-        if not selected:
-            only = f" besides the time column '{time_name}'" if time_name else ""
-            raise fail(
-                display, f"no numeric column{only}: every channel must be a column of numbers"
-            )
-        data = np.empty((len(selected), table.num_rows), dtype=np.float32)
-        for row, name in enumerate(selected):
-            _column_into(table.column(name), data[row])
-        check_finite(
-            data, selected, display, lambda i, name: f"row {_file_row(raw, i)}, column '{name}'"
-        )
-        rate = None
-        if time_name is not None:
-            t = _time_seconds(table.column(time_name), raw, display, time_name)
-            rate = rate_from_times(t, display, time_name, lambda i: f"row {_file_row(raw, i)}")
-        return RawRecording(data, list(selected), rate)
+            streamed = False  # (the traceback holds the partial arrays until this block ends)
+        if not streamed:
+            at_start = columns.rows == 0
+            del columns  # freed before the file is read again
+            again = None
+            if at_start and channels is None:
+                again = _read_dropping_text(path, display, layout, capacity)
+            if again is None:
+                again = _read_whole(path, display, layout, channels is not None, file_row)
+            columns = again
+        return _recording(columns, layout, display, file_row)

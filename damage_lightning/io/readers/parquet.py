@@ -20,6 +20,7 @@ from damage_lightning.io.readers.base import (
     check_finite,
     check_raw,
     fail,
+    first_null,
     import_optional,
     is_time_name,
     library_errors,
@@ -42,12 +43,6 @@ def _is_numeric(pa: Any, typ: Any) -> bool:
 
 def _is_time_type(pa: Any, typ: Any) -> bool:
     return pa.types.is_timestamp(typ) or pa.types.is_duration(typ)
-
-
-def _first_null(pa: Any, col: Any) -> int:
-    import pyarrow.compute as pc
-
-    return int(pc.index(pc.is_null(col), pa.scalar(True)).as_py())
 
 
 class ParquetReader(Reader):
@@ -123,7 +118,7 @@ class ParquetReader(Reader):
         if time is not None and table.num_rows:
             col = table.column(time)
             if col.null_count:
-                where = f"{_row(_first_null(pa, col))}, column '{time}'"
+                where = f"{_row(first_null(col))}, column '{time}'"
                 raise fail(display, "empty time value", where)
             if _is_time_type(pa, col.type):
                 t = seconds_since_start(col.cast(pa.int64()).to_numpy(), col.type.unit)
