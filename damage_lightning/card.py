@@ -212,7 +212,13 @@ class LevelMetrics(JsonRecord):
 
 @dataclass(kw_only=True)
 class RecordingOutcomeRow(JsonRecord):
-    """One test recording's decision against its true class (the report's table)."""
+    """One test recording's (or group's) decision against its true class (the report's table).
+
+    ``predicted`` is the top class, ``decision`` it or ``unknown``; ``confidence`` the aggregated
+    probability of the top class; ``agreement`` the share of windows whose top class it is;
+    ``correct`` whether the top class is the true one; ``distance`` the mean feature distance
+    of its windows (a model with a distance gate).
+    """
 
     name: str
     label: str

@@ -33,3 +33,35 @@ def run_script(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         env=env,
         timeout=120,
     )
+
+
+def pipeline_and_gateway(run: Path, data: Path, tmp_path: Path):
+    """Per-recording tables of ``data`` by ``predict`` (from ``run``'s best checkpoint) and by
+    the torch-free gateway (``run``'s ONNX model), indexed by path, and ``predict``'s windows.
+    """
+    import pandas as pd
+
+    from damage_lightning.cli import main
+
+    out = tmp_path / "pipeline"
+    main(
+        [
+            "predict",
+            "--config",
+            str(run / "config.yaml"),
+            "--ckpt_path",
+            str(run / "checkpoints" / "best.ckpt"),
+            "--data.predict_data_dir",
+            str(data),
+            "--output",
+            str(out),
+        ]
+    )
+    ours = pd.read_csv(out / "recording_predictions.csv").set_index("path").sort_index()
+    gateway_csv = tmp_path / "gateway.csv"
+    res = run_script(
+        tmp_path, str(run / "export" / "model.onnx"), str(data), "--output", str(gateway_csv)
+    )
+    assert res.returncode == 0, res.stderr
+    gateway = pd.read_csv(gateway_csv).set_index("path").sort_index()
+    return ours, gateway, pd.read_csv(out / "predictions.csv")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, tiny_model, tiny_overrides
-from gateway import run_script
+from gateway import pipeline_and_gateway
 
 from damage_lightning.artifacts import TMP_PREFIX, atomic_write_json, capture_output, sha256_file
 from damage_lightning.cli import main
@@ -92,33 +92,8 @@ def test_onnx_metadata_describes_the_input(run):
     assert meta.frontend["kind"] == "stft"
 
 
-def _pipeline_and_gateway(run, data, tmp_path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-recording predictions of ``data`` by ``predict`` and by the torch-free gateway."""
-    out = tmp_path / "pipeline"
-    main(
-        [
-            "predict",
-            "--config",
-            str(run / "config.yaml"),
-            "--ckpt_path",
-            str(run / "checkpoints" / "best.ckpt"),
-            "--data.predict_data_dir",
-            str(data),
-            "--output",
-            str(out),
-        ]
-    )
-    ours = pd.read_csv(out / "recording_predictions.csv").set_index("path").sort_index()
-    gateway_csv = tmp_path / "gateway.csv"
-    res = run_script(
-        tmp_path, str(run / "export" / "model.onnx"), str(data), "--output", str(gateway_csv)
-    )
-    assert res.returncode == 0, res.stderr
-    return ours, pd.read_csv(gateway_csv).set_index("path").sort_index()
-
-
 def test_torch_free_predictor_equals_pipeline_predict(run, tiny_data, cache_dir, tmp_path):
-    ours, gateway = _pipeline_and_gateway(run, tiny_data, tmp_path)
+    ours, gateway, _ = pipeline_and_gateway(run, tiny_data, tmp_path)
     assert list(gateway.index) == list(ours.index)
     assert (gateway["predicted_label"] == ours["predicted_label"]).all()
     cols = [c for c in ours.columns if c.startswith("p_")]
@@ -278,7 +253,7 @@ def test_csv_dialects_predict_identically_in_pipeline_and_gateway(run, tiny_data
     (root / "crlf.csv").write_bytes(text.replace("\n", "\r\n").encode())
     for i, name in enumerate(sorted(TIME_COLUMN_NAMES)):
         frame.rename(columns={"time": name}).to_csv(root / f"time_{i}.csv", index=False)
-    ours, gateway = _pipeline_and_gateway(run, root, tmp_path)
+    ours, gateway, _ = pipeline_and_gateway(run, root, tmp_path)
     assert len(ours) == 5 + len(TIME_COLUMN_NAMES) and list(gateway.index) == list(ours.index)
     cols = [c for c in ours.columns if c.startswith("p_")]
     pipeline_probs, gateway_probs = ours[cols].to_numpy(), gateway[cols].to_numpy()

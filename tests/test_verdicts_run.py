@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO, tiny_model, tiny_overrides
-from gateway import run_script
+from gateway import pipeline_and_gateway
 
 from damage_lightning.cli import main
 from damage_lightning.deploy.session import read_onnx_metadata
@@ -93,29 +93,8 @@ def test_recording_metrics_agree_with_the_table(run):
 
 def _three_ways(run, data, tmp_path):
     """Per-recording decisions of ``data`` by ``predict``, the gateway and the runner."""
-    out = tmp_path / "pipeline"
-    main(
-        [
-            "predict",
-            "--config",
-            str(run / "config.yaml"),
-            "--ckpt_path",
-            str(run / "checkpoints" / "best.ckpt"),
-            "--data.predict_data_dir",
-            str(data),
-            "--output",
-            str(out),
-        ]
-    )
-    ours = pd.read_csv(out / "recording_predictions.csv").set_index("path").sort_index()
-    gateway_csv = tmp_path / "gateway.csv"
-    res = run_script(
-        tmp_path, str(run / "export" / "model.onnx"), str(data), "--output", str(gateway_csv)
-    )
-    assert res.returncode == 0, res.stderr
-    gateway = pd.read_csv(gateway_csv).set_index("path").sort_index()
-    runner = run_prediction(run / "export" / "model.onnx", data)
-    return ours, gateway, runner, pd.read_csv(out / "predictions.csv")
+    ours, gateway, windows = pipeline_and_gateway(run, data, tmp_path)
+    return ours, gateway, run_prediction(run / "export" / "model.onnx", data), windows
 
 
 def test_predict_gateway_and_runner_give_the_same_decisions(run, tiny_data, tmp_path):

@@ -11,11 +11,11 @@ the decided ones are given beside them. Torch-free.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from damage_lightning.card import RecordingOutcomeRow
 from damage_lightning.deploy.decision import Decision, decide_groups
 
 
@@ -70,50 +70,19 @@ def classification_metrics(
     }
 
 
-@dataclass
-class RecordingOutcome:
-    """The decision for one test recording (or group) against its true class.
-
-    Args:
-        name: the recording's path (or the group's key).
-        label: true class.
-        predicted: the top class.
-        decision: the top class, or ``unknown`` below the abstain floor.
-        confidence: the aggregated probability of the top class.
-        agreement: share of windows whose top class is the predicted one.
-        n_windows: windows decided over.
-        correct: the top class is the true one.
-        distance: mean feature distance of its windows (with a distance gate), else ``None``.
-    """
-
-    name: str
-    label: str
-    predicted: str
-    decision: str
-    confidence: float
-    agreement: float
-    n_windows: int
-    correct: bool
-    distance: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The outcome as plain JSON values."""
-        return dict(self.__dict__)
-
-
 def outcomes(
     decisions: dict[Any, Decision],
     labels: dict[Any, int],
     names: dict[Any, str],
     class_names: list[str],
-) -> list[RecordingOutcome]:
-    """The decisions as :class:`RecordingOutcome`, worst first.
+) -> list[RecordingOutcomeRow]:
+    """The decisions as :class:`~damage_lightning.card.RecordingOutcomeRow`, worst first.
 
     Worst first: wrong decisions, then the least confident, so the table's top rows are where
     an engineer should look.
     """
     rows = [
-        RecordingOutcome(
+        RecordingOutcomeRow(
             name=str(names[key]),
             label=class_names[labels[key]],
             predicted=class_names[d.predicted],
@@ -129,7 +98,7 @@ def outcomes(
     return sorted(rows, key=lambda r: (r.correct, r.confidence, r.name))
 
 
-def coverage_curve(rows: Sequence[RecordingOutcome]) -> list[dict[str, float]]:
+def coverage_curve(rows: Sequence[RecordingOutcomeRow]) -> list[dict[str, float]]:
     """Accuracy of the decided recordings against coverage, for every confidence floor.
 
     Each point is the floor just at one recording's confidence: the recordings at or above it
@@ -149,7 +118,7 @@ def coverage_curve(rows: Sequence[RecordingOutcome]) -> list[dict[str, float]]:
 
 
 def level_metrics(
-    rows: Sequence[RecordingOutcome], class_names: list[str], abstain: float | None
+    rows: Sequence[RecordingOutcomeRow], class_names: list[str], abstain: float | None
 ) -> dict[str, Any]:
     """Metrics of one level (recordings or groups) from its outcomes.
 
@@ -215,7 +184,7 @@ def evaluate_recordings(
     result: dict[str, Any] = {
         "aggregation": rule,
         "recording": level_metrics(rows, class_names, abstain),
-        "table": [r.as_dict() for r in rows],
+        "table": [r.to_json() for r in rows],
         "coverage_curve": coverage_curve(rows),
         "group": None,
     }
