@@ -475,7 +475,7 @@ def _fit_after_training(trainer: Trainer, model: Any, dm: DamageDataModule, best
             )
             fitted += ["feature_means", "feature_precision", "distance_threshold"]
     except ValueError as exc:  # e.g. no validation windows: left as it is
-        print(f"calibration skipped: {exc}")
+        print(f"calibration or distance gate skipped: {exc}")
     if checkpoint is not None and fitted and trainer.is_global_zero:
         state = model.state_dict()
         for key in fitted:
