@@ -200,7 +200,8 @@ class DamageCLI(LightningCLI):
                 "epilog": "More commands: 'report --run_dir DIR' (re)writes a run's PDF "
                 "report; "
                 "'data synth --out DIR' writes the built-in simulated dataset as CSV; "
-                "'compare RUN ...' tabulates runs; 'tune --config ...' runs an Optuna search.",
+                "'compare RUN ...' tabulates runs; 'tune --config ...' runs an Optuna search; "
+                "'cv --config ... --cv.by COLUMN' cross-validates over a manifest column.",
             },
         )
         try:
@@ -563,6 +564,10 @@ def main(args: list[str] | None = None) -> int:
             from damage_lightning.tune import main_tune
 
             return main_tune(argv[1:])
+        if argv[:1] == ["cv"]:
+            from damage_lightning.cv import main_cv
+
+            return main_cv(argv[1:])
         with contextlib.ExitStack() as stack:
             # args=None when called from the shell: LightningCLI then reads sys.argv itself
             # instead of warning that both were given.

@@ -11,11 +11,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from damage_lightning.card import MODEL_CARD_FILE, ModelCard
 from damage_lightning.config_files import SHIPPED_DIR
 from damage_lightning.errors import DataValidationError, OutputLocationError, Problem
+
+if TYPE_CHECKING:
+    from damage_lightning.cv import CVResult
 
 # The configs shipped inside the package (``damage_lightning/configs/``, package data).
 CONFIG_DIR = SHIPPED_DIR
@@ -62,6 +65,32 @@ def override_args(overrides: dict[str, Any]) -> list[str]:
     return args
 
 
+def _fit_args(
+    data_path: str | os.PathLike | None,
+    save_dir: str | os.PathLike,
+    model_type: str,
+    config: str | os.PathLike | None,
+    overrides: dict[str, Any],
+) -> list[str]:
+    """The ``fit`` options of a runner call (checked: model type, data path, config files)."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    if data_path is not None and not Path(data_path).exists():
+        raise DataValidationError(Problem(str(data_path), "", "data path does not exist"))
+    base = CONFIG_DIR / f"{model_type}.yaml"
+    if not base.is_file():
+        raise FileNotFoundError(f"{base}: the package's config is missing (reinstall the package)")
+    if config is not None and not Path(config).is_file():
+        raise FileNotFoundError(f"{config}: config file not found")
+    args = ["--config", str(base)]
+    if config is not None:
+        args += ["--config", str(config)]
+    if data_path is not None:
+        args += ["--data.data_dir", str(data_path)]
+    args += ["--trainer.default_root_dir", str(save_dir)]
+    return args + override_args(overrides)
+
+
 def run_training(
     data_path: str | os.PathLike | None,
     save_dir: str | os.PathLike,
@@ -90,28 +119,12 @@ def run_training(
         DataValidationError: missing data path, or bad data (before any training).
         OutputLocationError: ``save_dir`` cannot be written.
     """
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
-    if data_path is not None and not Path(data_path).exists():
-        raise DataValidationError(Problem(str(data_path), "", "data path does not exist"))
-    base = CONFIG_DIR / f"{model_type}.yaml"
-    if not base.is_file():
-        raise FileNotFoundError(f"{base}: the package's config is missing (reinstall the package)")
-    if config is not None and not Path(config).is_file():
-        raise FileNotFoundError(f"{config}: config file not found")
+    args = ["fit", *_fit_args(data_path, save_dir, model_type, config, overrides)]
+    if run_name:
+        args += ["--run_name", run_name]
     import contextlib
 
     from damage_lightning.cli import DamageCLI
-
-    args = ["fit", "--config", str(base)]
-    if config is not None:
-        args += ["--config", str(config)]
-    if data_path is not None:
-        args += ["--data.data_dir", str(data_path)]
-    args += ["--trainer.default_root_dir", str(save_dir)]
-    if run_name:
-        args += ["--run_name", run_name]
-    args += override_args(overrides)
 
     started = time.time()
     with contextlib.ExitStack() as stack:
@@ -199,6 +212,57 @@ def run_prediction(
     return PredictionResult(result.recordings, result.windows, Path(model_path))
 
 
+def run_cv(
+    data_path: str | os.PathLike | None,
+    save_dir: str | os.PathLike,
+    by: str,
+    model_type: Literal["cnn", "resnet"] = "cnn",
+    config: str | os.PathLike | None = None,
+    *,
+    val_rule: Literal["same", "column", "last_block"] | None = None,
+    val_by: str | None = None,
+    k: int | None = None,
+    bins: int | None = None,
+    name: str | None = None,
+    baseline: bool = True,
+    report: bool = True,
+    **overrides: Any,
+) -> CVResult:
+    """Cross-validate over the manifest column ``by``: the CLI's ``cv``, one ``fit`` per fold.
+
+    Args:
+        data_path: folder of recordings with a manifest; ``None`` uses the built-in data.
+        save_dir: where the cv folder is created (``trainer.default_root_dir``).
+        by: the column left out one value at a time (or ``recording``).
+        model_type: ``cnn`` or ``resnet`` (selects ``configs/<model_type>.yaml``).
+        config: an extra YAML config applied after the model's own.
+        val_rule: ``same`` (default; ``column`` when ``val_by`` is given) or ``last_block``.
+        val_by: the column whose values validate (``val_rule="column"``).
+        k: group the values into ``k`` folds.
+        bins: cut a numeric ``by`` into this many quantile bins.
+        name: the cv folder's name (default ``cv-<by>``); the same name resumes.
+        baseline: also score the log-Welch PSD nearest-centroid baseline.
+        report: write ``cv_summary.png`` and ``cv_report.pdf``.
+        **overrides: any fit option, as for :func:`run_training`.
+
+    Returns:
+        The cv folder, the per-fold results, the mean and sd of each figure, and the files.
+    """
+    from damage_lightning.cv import CVSettings, run
+
+    settings = CVSettings(
+        by=by,
+        val_rule=val_rule or ("column" if val_by is not None else "same"),
+        val_by=val_by,
+        k=k,
+        bins=bins,
+        name=name,
+        baseline=baseline,
+        report=report,
+    )
+    return run(settings, _fit_args(data_path, save_dir, model_type, config, overrides))
+
+
 def run_cnn(
     data_path: str | os.PathLike | None, save_dir: str | os.PathLike, **kwargs: Any
 ) -> TrainingResult:
@@ -214,10 +278,12 @@ def run_resnet(
 
 
 __all__ = [
+    "CVResult",
     "OutputLocationError",
     "PredictionResult",
     "TrainingResult",
     "run_cnn",
+    "run_cv",
     "run_prediction",
     "run_resnet",
     "run_training",

@@ -41,6 +41,8 @@ from damage_lightning.io.windows import count_windows
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
 STRATEGIES = ("explicit", "group", "recording", "block")
+#: A manifest ``split`` value: the recording trains, except its last block, which validates.
+TRAIN_VAL = "train+val"
 _GROUP_ATTEMPTS = 50  # seeded restarts of the group coverage step before giving up
 _SETTINGS = "split settings"  # the "file" named by problems that come from configuration
 
@@ -294,7 +296,7 @@ def plan_splits(
 
     rng = np.random.default_rng(seed)
     if strategy == "explicit":
-        segments = _plan_explicit(labels, lengths, explicit, groups, fracs, names)
+        segments = _plan_explicit(labels, lengths, window, explicit, groups, fracs, names)
     elif strategy == "group":
         segments = _plan_groups(labels, lengths, window, hop, groups, fracs, rng, names)
     elif strategy == "recording":
@@ -399,6 +401,7 @@ def _check_common(
 def _plan_explicit(
     labels: list[str],
     lengths: list[int],
+    window: int,
     explicit: list[str | None] | None,
     groups: list[str | None] | None,
     fracs: dict[str, float],
@@ -428,20 +431,28 @@ def _plan_explicit(
             splits.append("")
             continue
         value = aliases.get(e.lower(), e.lower())
-        if value not in SPLITS:
+        if value not in (*SPLITS, TRAIN_VAL):
             problems.append(
-                Problem(names[i], "column 'split'", f"unknown split {e!r}; use train, val or test")
+                Problem(
+                    names[i],
+                    "column 'split'",
+                    f"unknown split {e!r}; use train, val, test or {TRAIN_VAL}",
+                )
             )
         splits.append(value)
     if problems:
         raise DataValidationError(problems)
+    covered = {part for s in splits for part in (s.split("+") if s == TRAIN_VAL else [s])}
     for split in _active(fracs):
-        if split not in splits:
+        if split not in covered:
             problems.append(
                 Problem("manifest.csv", "column 'split'", f"no recording is assigned to {split!r}")
             )
     for label in sorted(set(labels)):
-        if not any(s == "train" and lab == label for s, lab in zip(splits, labels, strict=True)):
+        if not any(
+            s in ("train", TRAIN_VAL) and lab == label
+            for s, lab in zip(splits, labels, strict=True)
+        ):
             problems.append(
                 Problem(
                     "manifest.csv",
@@ -453,7 +464,9 @@ def _plan_explicit(
         split_of_group: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for i, g in enumerate(groups):
             if g is not None:
-                split_of_group[g][splits[i]].append(names[i])
+                # A train+val recording is on the training side, like a training one.
+                side = "train" if splits[i] == TRAIN_VAL else splits[i]
+                split_of_group[g][side].append(names[i])
         for g, by_split in sorted(split_of_group.items()):
             if len(by_split) > 1:
                 where = "; ".join(f"{s}: {', '.join(v[:3])}" for s, v in sorted(by_split.items()))
@@ -467,7 +480,55 @@ def _plan_explicit(
                 )
     if problems:
         raise DataValidationError(problems)
-    return [Segment(i, s, 0, lengths[i]) for i, s in enumerate(splits)]
+    return _explicit_segments(splits, lengths, window, fracs, names)
+
+
+def _explicit_segments(
+    splits: list[str],
+    lengths: list[int],
+    window: int,
+    fracs: dict[str, float],
+    names: list[str],
+) -> list[Segment]:
+    """Whole recordings, and ``train+val`` ones cut into a training head and a validation tail.
+
+    The tail is the last ``val / (train + val)`` share of the recording (the validation share of
+    the training side), at least one window; a gap of one window separates it from the head.
+    """
+    share = fracs["val"] / (fracs["train"] + fracs["val"]) if fracs["val"] > 0 else 0.0
+    segments: list[Segment] = []
+    problems = []
+    for i, split in enumerate(splits):
+        if split != TRAIN_VAL:
+            segments.append(Segment(i, split, 0, lengths[i]))
+            continue
+        if share == 0.0:
+            problems.append(
+                Problem(
+                    names[i],
+                    "column 'split'",
+                    "'train+val' needs a validation split, but val_fraction is 0",
+                )
+            )
+            continue
+        need = 3 * window
+        if lengths[i] < need:
+            problems.append(
+                Problem(
+                    names[i],
+                    "column 'split'",
+                    f"has {lengths[i]} samples; a training head and a validation tail with a "
+                    f"one-window gap need at least {need} ({window}-sample windows)",
+                )
+            )
+            continue
+        tail = min(max(window, round(share * lengths[i])), lengths[i] - 2 * window)
+        cut = lengths[i] - tail
+        segments.append(Segment(i, "train", 0, cut - window))
+        segments.append(Segment(i, "val", cut, lengths[i]))
+    if problems:
+        raise DataValidationError(problems)
+    return segments
 
 
 def _split_counts(n: int, fracs: dict[str, float]) -> dict[str, int]:

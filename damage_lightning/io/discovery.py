@@ -17,7 +17,8 @@ from damage_lightning.io.readers import is_recording, recording_suffixes
 from damage_lightning.io.readers.csv import sniff_delimiter
 
 #: Values allowed in a manifest's ``split`` column.
-VALID_SPLITS = ("train", "val", "test")
+#: ``train+val``: the recording trains, except its last block, which validates.
+VALID_SPLITS = ("train", "val", "test", "train+val")
 
 
 @dataclass
