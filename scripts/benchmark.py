@@ -14,6 +14,7 @@ command line that runs them. Figures and their meaning: ``docs/benchmarks.md``.
     python scripts/benchmark.py --quick --only train --profile prof/   # + one profiled epoch each
     python scripts/benchmark.py --only gateway                      # the predictor over 1 h of data
     python scripts/benchmark.py --only novelty --output novelty.jsonl  # issue 11, ~10 min CPU
+    python scripts/benchmark.py --only generalisation --output cv.jsonl  # issue 10, cv on 3 sets
 
 The Keras comparison runs in a subprocess of ``--keras-python`` (an interpreter with
 ``tensorflow``; default: this one when it can import tensorflow), so torch and TensorFlow never
@@ -57,6 +58,7 @@ from benchmarks.e2e import bench_e2e
 from benchmarks.frontend import bench_frontend
 from benchmarks.gateway import bench_gateway
 from benchmarks.gateway import child_main as gateway_child
+from benchmarks.generalisation import PROTOCOLS, bench_generalisation
 from benchmarks.inference import bench_inference
 from benchmarks.novelty import bench_novelty
 from benchmarks.profiling import profile_train
@@ -71,7 +73,7 @@ from benchmarks.vs_keras import bench_keras, keras_worker
 
 SECTIONS = ("ingest", "frontend", "train", "keras", "inference", "gateway", "e2e")
 # Sections that run only when ``--only`` names them.
-OPTIONAL_SECTIONS = ("ingest_in_process", "novelty")
+OPTIONAL_SECTIONS = ("ingest_in_process", "novelty", "generalisation")
 
 
 def _environment(args: argparse.Namespace, size: Size, device: Any) -> dict[str, Any]:
@@ -201,6 +203,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the monitoring scenario, CWRU and UESTC)",
     )
     # Internal: an ingest measurement in a fresh process, and the Keras worker.
+    parser.add_argument(
+        "--cv-protocols",
+        default=",".join(PROTOCOLS),
+        help="generalisation: comma list of " + ", ".join(PROTOCOLS),
+    )
+    parser.add_argument(
+        "--cv-config",
+        default=None,
+        help="generalisation: model config instead of each protocol's own (configs/bearing.yaml "
+        "for the bearing sets, configs/cnn.yaml for the frame)",
+    )
     parser.add_argument("--ingest-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--keras-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--gateway-child", default=None, help=argparse.SUPPRESS)
@@ -281,9 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     kinds = [k.strip() for k in args.models.split(",") if k.strip()]
+    protocols = [n.strip() for n in args.cv_protocols.split(",") if n.strip()]
     unknown = [s for s in only if s not in SECTIONS + OPTIONAL_SECTIONS] + [
         k for k in kinds if k not in ("cnn", "resnet")
     ]
+    unknown += [n for n in protocols if n not in PROTOCOLS]
     if unknown:
         print(f"error: unknown section or model: {', '.join(unknown)}", file=sys.stderr)
         return 2
@@ -391,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         if "gateway" in only and not out_of_time("gateway"):
             with _section(rec, "gateway", errors):
                 bench_gateway(rec, workdir, size.gateway_seconds)
+        if "generalisation" in only:
+            with _section(rec, "generalisation", errors):
+                extra = ["--trainer.max_epochs", "2"] if tiny else []
+                bench_generalisation(rec, workdir / "cv", protocols, args.cv_config, extra)
         run_e2e = size.e2e if args.e2e is None else args.e2e
         if "e2e" in only and not run_e2e:
             rec.skipped("e2e_fit_wall", "left out of --quick on the CPU (15-30 min); add --e2e")
