@@ -8,8 +8,10 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import REPO, tiny_model, tiny_overrides
 from torch import nn
 
+from damage_lightning.cli import main
 from damage_lightning.data.augment import (
     AugmentSettings,
     augment,
@@ -195,3 +197,27 @@ def test_only_training_batches_are_augmented_and_reproducibly(tiny_data, cache_d
 
 def test_augmentation_is_off_by_default():
     assert not DamageDataModule().augment.enabled
+
+
+def test_augment_options_from_yaml_reach_the_data_and_the_checkpoint(
+    tiny_data, cache_dir, tmp_path
+):
+    config = tmp_path / "augment.yaml"
+    config.write_text(
+        "data:\n"
+        "  augment_gain_db: [-6, 6]\n"
+        "  augment_snr_db: [10, 30]\n"
+        "  augment_shift: 0.5\n"
+        "  augment_speed: 0.05\n"
+    )
+    root = tmp_path / "models"
+    cnn = str(REPO / "configs" / "cnn.yaml")
+    args = [*tiny_overrides(tiny_data, root, cache_dir, epochs=1), *tiny_model(cnn)]
+    main(["fit", "--config", cnn, "--config", str(config), *args, "--report.enabled", "false"])
+    (run,) = root.iterdir()
+    # Loadable without unpickling (the options are plain values), and rerunnable from its config.
+    checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    hp = checkpoint["datamodule_hyper_parameters"]
+    assert tuple(hp["augment_gain_db"]) == (-6.0, 6.0) and hp["augment_speed"] == 0.05
+    saved = (run / "config.yaml").read_text()
+    assert "augment_snr_db:" in saved and "augment_shift: 0.5" in saved
