@@ -1,4 +1,4 @@
-"""Lightning callbacks of a run: the checkpoint that keeps ``last.ckpt`` current, and the history.
+"""Lightning callbacks: the checkpoint keeping ``last.ckpt`` current, history, BatchNorm adaptation.
 
 What is not a callback (the end-of-fit model card, exports and report; prediction CSVs) is in
 :mod:`damage_lightning.run`.
@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from damage_lightning.artifacts import atomic_write_json
+from damage_lightning.errors import DataValidationError, Problem
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +173,46 @@ class RunArtifacts(Callback):
                     "monitor": cb.monitor,
                 }
         atomic_write_json(self.history_path, history)
+
+
+class AdaptBatchNorm(Callback):
+    """Re-estimate the network's BatchNorm statistics on unlabelled target recordings (AdaBN).
+
+    Runs once at the start of ``test`` and ``predict``, after the checkpoint's weights are
+    loaded: the windows of ``path`` (read and cut as ``predict`` reads its data) go through the
+    DataModule's front end and the network (:func:`damage_lightning.tasks.adapt.adapt_batchnorm`).
+    The adapted statistics live in memory for that evaluation only; the checkpoint is not
+    rewritten (``export --adapt`` writes an adapted model).
+
+    Args:
+        path: a folder of recordings or one recording of the target machine, normal operation.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Adapt before the first test batch."""
+        self._adapt(trainer, pl_module)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Adapt before the first predict batch."""
+        self._adapt(trainer, pl_module)
+
+    def _adapt(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from damage_lightning.tasks.adapt import adapt_batchnorm
+
+        dm = trainer.datamodule
+        device = pl_module.device
+        spectrograms = (
+            dm.spectrogram(batch[0].to(device)) for batch in dm.recording_windows(self.path)
+        )
+        try:
+            done = adapt_batchnorm(pl_module, spectrograms)
+        except ValueError as exc:
+            raise DataValidationError(Problem(str(self.path), "", f"--adapt: {exc}")) from None
+        if trainer.is_global_zero:
+            print(
+                f"adapt: BatchNorm statistics of {done.layers} layers re-estimated on "
+                f"{done.windows} windows of {self.path}"
+            )

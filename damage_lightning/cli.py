@@ -30,7 +30,7 @@ from damage_lightning.artifacts import (
     capture_output,
     check_writable,
 )
-from damage_lightning.callbacks import RunArtifacts
+from damage_lightning.callbacks import AdaptBatchNorm, RunArtifacts
 from damage_lightning.config_files import resolve_config_args
 from damage_lightning.data.datamodule import DamageDataModule
 from damage_lightning.errors import (
@@ -64,6 +64,7 @@ ATTRIBUTION_HELP = {
     "reference": "Healthy class of the baseline (default: one named undamaged, healthy, ...).",
 }
 USER_ERRORS = (DataValidationError, OutputLocationError, ExportVerificationError)
+ADAPT_SUBCOMMANDS = ("test", "predict", "export")
 
 
 class DamageTrainer(Trainer):
@@ -82,7 +83,8 @@ class DamageTrainer(Trainer):
         Args:
             model: the model described by the config (its weights come from ``ckpt_path``).
             datamodule: the config's data module: the checkpoint carries the front end; only
-                ``quantize`` reads the data (calibration and test windows).
+                ``quantize`` (calibration and test windows) and ``--adapt`` (the target
+                recordings, read with the data's channels and rate) read data.
             ckpt_path: checkpoint to export: ``best``, ``last`` or a file.
             weights_only: accepted so a run's ``config.yaml`` (written by ``fit``) can be reused;
                 checkpoints are always loaded with ``weights_only=True``.
@@ -98,6 +100,9 @@ class DamageTrainer(Trainer):
         )
         check_writable(out_dir)
         deployable, spec = deployable_from_checkpoint(ckpt_path)
+        adapt = getattr(self, "_adapt", None)
+        if adapt:
+            _adapt_deployable(deployable, datamodule, spec, adapt)
         int8 = None
         if quantize == "int8":
             int8 = _quantization_data(datamodule, spec)
@@ -108,12 +113,39 @@ class DamageTrainer(Trainer):
         return result
 
 
-def _quantization_data(datamodule: DamageDataModule | None, spec: Any) -> Any:
-    """Calibration and test windows for ``export --quantize int8`` from the config's data."""
-    from damage_lightning.export import QuantizationData
+def _adapt_deployable(
+    deployable: Any, datamodule: DamageDataModule | None, spec: Any, path: str
+) -> None:
+    """``export --adapt``: the exported model carries BatchNorm statistics of ``path``'s windows.
 
+    The windows are read as ``predict`` reads them (the config's data settings give channels,
+    rate and window, which must be the checkpoint's), through the checkpoint's front end. The
+    export metadata names the adaptation (``batchnorm_adapted``).
+    """
+    from damage_lightning.tasks.adapt import adapt_batchnorm
+
+    _check_data_matches(datamodule, spec, "export --adapt")
+    assert datamodule is not None
+    loader = datamodule.recording_windows(path)
+    try:
+        done = adapt_batchnorm(deployable, (batch[0].cpu() for batch in loader))
+    except ValueError as exc:
+        raise DataValidationError(Problem(path, "", f"--adapt: {exc}")) from None
+    deployable.metadata_extra["batchnorm_adapted"] = {
+        "path": str(path),
+        "layers": done.layers,
+        "windows": done.windows,
+    }
+    print(
+        f"adapt: BatchNorm statistics of {done.layers} layers re-estimated on {done.windows} "
+        f"windows of {path}"
+    )
+
+
+def _check_data_matches(datamodule: DamageDataModule | None, spec: Any, what: str) -> None:
+    """The config's data must read windows the checkpoint's network was trained on."""
     if datamodule is None:
-        raise OutputLocationError("export --quantize int8 needs the data: pass the run's --config")
+        raise OutputLocationError(f"{what} needs the data: pass the run's --config")
     if datamodule.channels != spec.channels or datamodule.window != spec.window:
         raise DataValidationError(
             Problem(
@@ -123,9 +155,36 @@ def _quantization_data(datamodule: DamageDataModule | None, spec: Any) -> Any:
                 f"the data give {datamodule.window} samples of {datamodule.channels}",
             )
         )
+
+
+def _quantization_data(datamodule: DamageDataModule | None, spec: Any) -> Any:
+    """Calibration and test windows for ``export --quantize int8`` from the config's data."""
+    from damage_lightning.export import QuantizationData
+
+    _check_data_matches(datamodule, spec, "export --quantize int8")
+    assert datamodule is not None
     # The checkpoint's normalisation, not a refit on these data.
     datamodule.restore_frontend_state(spec.frontend_state, spec.class_names)
     return QuantizationData.from_datamodule(datamodule)
+
+
+def _check_adapt(subcommand: str, adapt: str | None) -> None:
+    """Refuse ``--adapt`` where it means nothing, or a path that is not there, before any work."""
+    if not adapt:
+        return
+    if subcommand not in ADAPT_SUBCOMMANDS:
+        raise DataValidationError(
+            Problem(
+                adapt,
+                "",
+                f"--adapt applies to {', '.join(ADAPT_SUBCOMMANDS)} of a trained checkpoint, "
+                f"not to {subcommand}",
+            )
+        )
+    if not Path(adapt).expanduser().exists():
+        raise DataValidationError(
+            Problem(adapt, "", "--adapt: no such file or folder of target recordings")
+        )
 
 
 def _is_rank_zero() -> bool:
@@ -241,6 +300,15 @@ class DamageCLI(LightningCLI):
             help="predict: folder for the prediction CSVs; export: folder for the exported files.",
         )
         parser.add_argument(
+            "--adapt",
+            type=str | None,
+            default=None,
+            help="test, predict, export: first re-estimate the network's BatchNorm statistics on "
+            "the unlabelled recordings at this path (folder or file; many windows of the target "
+            "machine in normal operation). It adapts to the target's data, it learns no labels; "
+            "test and predict use it in memory, export writes the adapted model.",
+        )
+        parser.add_argument(
             "--report.enabled",
             type=bool,
             default=ReportOptions.enabled,
@@ -330,6 +398,7 @@ class DamageCLI(LightningCLI):
                 run_dir = file.parent.parent
         if cfg.get("ckpt_path"):
             _check_checkpoint(Path(cfg.ckpt_path))
+        _check_adapt(self.subcommand, cfg.get("adapt"))
         if run_dir is None and self.subcommand == "fit":
             run_dir = self._new_run_dir(root, cfg)
         self.run_dir = run_dir
@@ -381,6 +450,9 @@ class DamageCLI(LightningCLI):
                 isinstance(cb, RunArtifacts) for cb in trainer.callbacks
             ):
                 trainer.callbacks.append(RunArtifacts(self.run_dir))
+        adapt = self.config[self.subcommand].get("adapt")
+        if adapt and self.subcommand in ("test", "predict"):
+            trainer.callbacks.append(AdaptBatchNorm(adapt))
         return trainer
 
     # ----------------------------------------------------------------- subcommands
@@ -436,6 +508,7 @@ class DamageCLI(LightningCLI):
     def export(self, **kwargs: Any) -> None:
         """Export ``--ckpt_path`` (into ``--output`` or the run's ``export/``)."""
         self.trainer._export_dir = self.config["export"].output  # type: ignore[attr-defined]
+        self.trainer._adapt = self.config["export"].adapt  # type: ignore[attr-defined]
         kwargs["quantize"] = kwargs.get("quantize") or self.config["export"].export.quantize
         self.trainer.export(**kwargs)
 

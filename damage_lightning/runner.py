@@ -189,7 +189,9 @@ def run_prediction(
     """Decide every recording under ``data_path`` with an exported ONNX model (no torch needed).
 
     The same per-recording decision, confidence and ``unknown`` as ``predict`` and
-    ``python -m damage_lightning.deploy`` (``damage_lightning.deploy.predict``).
+    ``python -m damage_lightning.deploy`` (``damage_lightning.deploy.predict``). A model whose
+    BatchNorm statistics are adapted to the target machine is exported with
+    ``export --ckpt_path ... --adapt PATH`` first (the ONNX model itself cannot be re-estimated).
 
     Args:
         model_path: a ``model.onnx`` written by ``fit`` or ``export``.

@@ -14,6 +14,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from damage_lightning.card import SensorFinding, SensorHealthCard, SensorReference
+from damage_lightning.data.augment import AugmentedBatch, AugmentSettings, augment, batch_seed
 from damage_lightning.data.frontend import SpectrogramFrontend
 from damage_lightning.data.health_gate import (
     HealthAction,
@@ -130,6 +131,17 @@ class DamageDataModule(pl.LightningDataModule):
             ``exclude_windows`` leaves out the windows that overlap one, ``off`` checks nothing.
             The findings go into model_info.json and the report; ``predict`` flags windows that
             overlap a finding unless ``off``.
+        augment_gain_db: training batches only: a random gain in dB drawn per window from
+            ``[low, high]`` (``damage_lightning.data.augment``). ``None``: off.
+        augment_snr_db: training batches only: white noise added at an SNR in dB drawn per window
+            from ``[low, high]``. ``None``: off.
+        augment_shift: training batches only: a random circular time shift of each window, at
+            most this share of the window (``0.5`` reaches every offset). ``0``: off.
+        augment_speed: training batches only: each window resampled to a speed factor drawn from
+            ``[1 - augment_speed, 1 + augment_speed]`` (every frequency times that factor).
+            ``0``: off. The augmentations run on the accelerator, are drawn from ``seed``, the
+            epoch and the batch index (the same seed gives the same batches), and are never
+            applied to validation, test or predict batches, nor exported.
     """
 
     def __init__(
@@ -167,6 +179,10 @@ class DamageDataModule(pl.LightningDataModule):
         healthy_label: str | None = None,
         synthetic_scenario: Literal["classes", "monitoring"] = "classes",
         health: HealthAction = "warn",
+        augment_gain_db: tuple[float, float] | None = None,
+        augment_snr_db: tuple[float, float] | None = None,
+        augment_shift: float = 0.0,
+        augment_speed: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -182,6 +198,13 @@ class DamageDataModule(pl.LightningDataModule):
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be 0 or more, got {num_workers}")
         self.window = int(window)
+        #: What the training batches go through before the front end (all off by default).
+        self.augment = AugmentSettings(
+            tuple(augment_gain_db) if augment_gain_db is not None else None,
+            tuple(augment_snr_db) if augment_snr_db is not None else None,
+            float(augment_shift),
+            float(augment_speed),
+        )
         self.batch_size = int(batch_size)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self._specs: list[RecordingSpec] | None = None
@@ -614,8 +637,32 @@ class DamageDataModule(pl.LightningDataModule):
         assert self.dataset is not None
         return [(r.relpath, r.label) for r in self.dataset.recordings]
 
+    def recording_windows(self, path: str | Path) -> WindowBatchLoader:
+        """Every window of the recordings at ``path``, read and cut exactly as predict data are.
+
+        What test-time BatchNorm adaptation (``--adapt``) runs on; batches are
+        ``(waveform, label, recording, start)`` with label ``-1`` where the data name none.
+
+        Args:
+            path: a folder of recordings (sub-folders, a manifest) or one recording file.
+
+        Raises:
+            DataValidationError: a recording cannot be read, or has other channels.
+        """
+        # On the accelerator when setup() put the data there; the training data need not be read.
+        waveforms, index, labels, _ = self._load_predict_recordings(path)
+        return WindowBatchLoader(
+            waveforms,
+            index,
+            labels,
+            self.window,
+            batch_size=self.batch_size,
+            device=self._device,
+            with_positions=True,
+        )
+
     def _load_predict_recordings(
-        self,
+        self, path: str | Path | None = None
     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]]:
         # The same discovery, reading, validation, resampling and windowing as the gateway's
         # torch-free predictor (damage_lightning.deploy), so both see identical windows.
@@ -624,7 +671,7 @@ class DamageDataModule(pl.LightningDataModule):
         labels: list[int] = []
         paths: list[str] = []
         names = self.class_names
-        for spec in find_recordings(self.hparams.predict_data_dir):
+        for spec in find_recordings(path if path is not None else self.hparams.predict_data_dir):
             try:
                 rec = load_recording(
                     spec, self.channels, self.sample_rate, self.reader_options, self.window
@@ -646,9 +693,31 @@ class DamageDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------------- spectrograms
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Turn the waveform of each batch into its spectrogram, on the batch's device."""
+        """Turn the waveform of each batch into its spectrogram, on the batch's device.
+
+        Training batches are augmented first (:attr:`augment`); no other batch ever is.
+        """
         waveform, *rest = batch
+        if self.augment.enabled and self.trainer is not None and self.trainer.training:
+            waveform = self.augment_batch(waveform).waveform
         return (self.spectrogram(waveform), *rest)
+
+    def augment_batch(self, waveform: Tensor) -> AugmentedBatch:
+        """The training batch now being transferred, augmented with this run's draws.
+
+        The generator seed mixes ``seed``, the epoch, the batch's index in the epoch and the
+        rank (:func:`damage_lightning.data.augment.batch_seed`).
+
+        Args:
+            waveform: ``(B, C, window)`` training windows.
+        """
+        trainer = self.trainer
+        assert trainer is not None
+        # Lightning counts a batch as "ready" right after this hook: before it, the count is the
+        # index of the batch being transferred (and it survives a mid-epoch resume).
+        index = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        seed = batch_seed(self.hparams.seed, trainer.current_epoch, index, trainer.global_rank)
+        return augment(waveform, self.augment, seed)
 
     def spectrogram(self, waveform: Tensor) -> Tensor:
         """Normalised log spectrograms ``(B, C, F, T)`` of waveform windows ``(B, C, window)``."""
