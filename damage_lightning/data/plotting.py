@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,31 +21,17 @@ def _as_frontend(frontend_or_settings: SpectrogramFrontend | dict[str, Any]) -> 
     return SpectrogramFrontend(**frontend_or_settings)
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    # The HTK mel scale: what SpectrogramFrontend asks torchaudio's melscale_fbanks for.
-    return 2595.0 * np.log10(1.0 + hz / 700.0)
-
-
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-
 def frequencies(frontend_or_settings: SpectrogramFrontend | dict[str, Any]) -> np.ndarray:
     """Frequency in Hz of each spectrogram row: the STFT bins kept, or the mel band centres.
+
+    For an envelope spectrum the envelope frequencies of each band follow one another.
 
     Args:
         frontend_or_settings: the front end, or its settings (``frontend.settings()`` or
             ``DamageDataModule.frontend_settings()``).
     """
-    fe = _as_frontend(frontend_or_settings)
-    if fe.kind == "mel":
-        # Band i's triangle peaks at the (i + 1)-th of n_mels + 2 points evenly spaced in mel.
-        edges = np.linspace(_hz_to_mel(np.float64(fe.f_min)), _hz_to_mel(np.float64(fe.f_max)),
-                            fe.n_mels + 2)  # fmt: skip
-        return _mel_to_hz(edges[1:-1])
-    step = fe.sample_rate / fe.n_fft
-    first = math.ceil(fe.f_min / step - 1e-9)  # the front end's crop keeps bins from f_min up
-    return (first + np.arange(fe.n_freqs)) * step
+    # The front end's own account of its rows, so plots and attribution cannot disagree.
+    return _as_frontend(frontend_or_settings).row_frequencies()[0]
 
 
 def frame_times(
