@@ -103,6 +103,9 @@ class DamageDataModule(pl.LightningDataModule):
         instance_norm: standardise each window's log spectrum per channel over its own
             frequencies and frames, after the training-split statistics (which it makes
             redundant): removes a sensor's gain or a fault-size amplitude.
+        whiten: subtract from each log spectrum (each band's, for ``envelope``) its moving
+            average over this many frequency rows (odd; ``0``: off), leaving the lines above the
+            background.
         batch_size: windows per batch (per device).
         num_workers: ``0`` gathers each training, validation and test batch when the step asks
             for it; ``N > 0`` gathers up to ``2 N`` batches ahead in one background thread, which
@@ -168,6 +171,7 @@ class DamageDataModule(pl.LightningDataModule):
         envelope_bands: list[list[float]] | None = None,
         envelope_f_max: float | None = None,
         instance_norm: bool = False,
+        whiten: int = 0,
         batch_size: int = 64,
         num_workers: int = 0,
         cache_dir: str | None = None,
@@ -344,6 +348,7 @@ class DamageDataModule(pl.LightningDataModule):
             "envelope_bands": hp.envelope_bands,
             "envelope_f_max": hp.envelope_f_max,
             "instance_norm": hp.instance_norm,
+            "whiten": hp.whiten,
         }
 
     def _build_frontend(self) -> SpectrogramFrontend:

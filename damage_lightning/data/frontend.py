@@ -12,11 +12,17 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
 from damage_lightning.data.dft import StftImpl, make_stft
-from damage_lightning.data.envelope import DEFAULT_ENVELOPE_F_MAX, EnvelopeStage, default_bands
+from damage_lightning.data.envelope import (
+    DEFAULT_ENVELOPE_F_MAX,
+    EnvelopeStage,
+    decimation_factor,
+    default_bands,
+)
 
 # A channel whose (log) spectrogram does not vary (a flat-lined sensor) has a standard deviation of
 # about zero; it is centred but not scaled, instead of being blown up into NaN or huge values.
@@ -99,6 +105,10 @@ class SpectrogramFrontend(nn.Module):
             (:data:`damage_lightning.data.envelope.DEFAULT_ENVELOPE_F_MAX`).
         instance_norm: standardise each example per channel over its own rows and frames, after
             the training-split statistics.
+        whiten: with ``log``, subtract from each log spectrum (each band's, for
+            ``kind="envelope"``) its moving average over this many rows (odd; edge rows
+            repeated): what remains are lines above the smooth background, which is what a
+            fault frequency is; ``0`` keeps the spectrum as it is.
     """
 
     def __init__(
@@ -122,6 +132,7 @@ class SpectrogramFrontend(nn.Module):
         envelope_bands: list[list[float]] | None = None,
         envelope_f_max: float | None = None,
         instance_norm: bool = False,
+        whiten: int = 0,
     ):
         super().__init__()
         hop_length = n_fft // 4 if hop_length is None else int(hop_length)
@@ -149,20 +160,29 @@ class SpectrogramFrontend(nn.Module):
         self.center = bool(center)
         self.average_frames = bool(average_frames)
         self.instance_norm = bool(instance_norm)
+        self.whiten = int(whiten)
+        if self.whiten < 0 or (self.whiten and (self.whiten % 2 == 0 or not self.log)):
+            raise ValueError(
+                f"whiten must be 0 (off) or an odd number of rows with log=True, got "
+                f"whiten={whiten}, log={log}"
+            )
         self._min_std = _MIN_STD  # an attribute: TorchScript does not read module globals
         default_f_max = min(DEFAULT_ENVELOPE_F_MAX, nyquist)
         self.envelope_f_max = default_f_max if envelope_f_max is None else float(envelope_f_max)
         self.envelope_bands = envelope_bands
-        # The pre-stage between waveform and STFT; ``_trim`` is how many samples shorter it makes
-        # a window, ``_bands`` how many spectra per channel it stacks along frequency.
+        # The pre-stage between waveform and STFT; ``_bands`` is how many spectra per channel it
+        # stacks along frequency, ``_step`` by what it divides the sample rate (and the STFT's
+        # lengths in samples, so the bins stay those of n_fft at the full rate).
         self.pre = nn.Identity()
-        self._trim, self._bands = 0, 1
+        self._bands, self._step = 1, 1
         if kind == "envelope":
             _check_envelope(self.envelope_f_max, self.f_min, nyquist)
             bands = default_bands(self.sample_rate) if envelope_bands is None else envelope_bands
-            self.pre = EnvelopeStage(bands, self.sample_rate)
+            lengths = (self.n_fft, hop_length, win_length)
+            self._step = decimation_factor(self.sample_rate, self.envelope_f_max, lengths)
+            self.pre = EnvelopeStage(bands, self.sample_rate, self.envelope_f_max, self._step)
             self.envelope_bands = self.pre.bands
-            self._trim, self._bands = self.pre.taps - 1, self.pre.n_bands
+            self._bands = self.pre.n_bands
             f_max = self.envelope_f_max
         elif envelope_bands is not None:
             raise ValueError(f"envelope_bands is only used with kind='envelope', not {kind!r}")
@@ -191,9 +211,11 @@ class SpectrogramFrontend(nn.Module):
         self._mel = kind == "mel"
         # The mel filters take every bin; the linear spectrogram only the bins it keeps.
         first, stop = (0, n_stft) if self._mel else (self._bin_lo, self._bin_hi)
+        step = self._step
         self.spectrum = make_stft(
-            stft, self.n_fft, hop_length, win_length, first, stop, self.power, self.center
-        )
+            stft, self.n_fft // step, hop_length // step, win_length // step, first, stop,
+            self.power, self.center,
+        )  # fmt: skip
         self._db_multiplier = 10.0 if self.power == 2.0 else 20.0
         # A float, or -1 for "no clamp": TorchScript types the attribute from its value.
         self._top_db = -1.0 if self.top_db is None else self.top_db
@@ -262,7 +284,19 @@ class SpectrogramFrontend(nn.Module):
             # 4-D input: amplitude_to_DB takes the top_db reference per example (over C, F, frames).
             top_db: float | None = None if self._top_db < 0 else self._top_db
             spec = AF.amplitude_to_DB(spec, self._db_multiplier, self.eps, 0.0, top_db)
+        if self.whiten > 0:
+            spec = self._whiten(spec)
         return spec
+
+    def _whiten(self, spec: Tensor) -> Tensor:
+        """Subtract from each (band's) log spectrum its moving average over ``whiten`` rows."""
+        batch, channels, rows, frames = spec.shape
+        half = self.whiten // 2
+        # Each band's spectrum is averaged on its own; its edge rows repeat outwards.
+        bands = spec.reshape(batch * channels, self._bands, rows // self._bands, frames)
+        padded = F.pad(bands, (0, 0, half, half), mode="replicate")
+        background = F.avg_pool2d(padded, (self.whiten, 1), stride=1)
+        return (bands - background).reshape(batch, channels, rows, frames)
 
     def forward(self, waveform: Tensor) -> Tensor:
         """Normalised spectrogram.
@@ -294,30 +328,30 @@ class SpectrogramFrontend(nn.Module):
         Args:
             window: samples per window.
         """
-        if self._trim and window <= self._trim + 1:
-            raise ValueError(
-                f"a window of {window} samples is too short for the envelope's demodulation "
-                f"filters of {self._trim + 1} taps (set by the narrowest of the bands "
-                f"{self.envelope_bands} Hz): widen the bands or lengthen the window"
-            )
-        window = window - self._trim
-        if self.center and window <= self.n_fft // 2:
+        what, n_fft, hop = f"a window of {window} samples", self.n_fft, self.hop_length
+        if isinstance(self.pre, EnvelopeStage):
+            # The STFT sees the (decimated) envelope: fewer samples, at 1 / step of the rate.
+            samples = self.pre.output_length(window)
+            what = f"the envelope of a window of {window} samples ({samples * self._step} "
+            what += "samples at the full rate)"
+            window, n_fft, hop = samples, n_fft // self._step, hop // self._step
+        if self.center and window <= n_fft // 2:
             # torch.stft's reflect padding needs more samples than half the FFT size.
             raise ValueError(
-                f"a window of {window} samples is too short for n_fft={self.n_fft}: it needs more "
-                f"than {self.n_fft // 2} samples"
+                f"{what} is too short for n_fft={self.n_fft}: it needs more than "
+                f"{self.n_fft // 2} samples"
             )
-        if not self.center and window < self.n_fft:
+        if not self.center and window < n_fft:
             raise ValueError(
-                f"a window of {window} samples is too short for n_fft={self.n_fft} without "
-                "centred frames: it needs at least n_fft samples"
+                f"{what} is too short for n_fft={self.n_fft} without centred frames: it needs "
+                "at least n_fft samples"
             )
         if self.average_frames:
             frames = 1
         elif self.center:
-            frames = window // self.hop_length + 1
+            frames = window // hop + 1
         else:
-            frames = 1 + (window - self.n_fft) // self.hop_length
+            frames = 1 + (window - n_fft) // hop
         return self.n_channels, self.n_freqs, frames
 
     @torch.no_grad()
@@ -388,6 +422,7 @@ class SpectrogramFrontend(nn.Module):
             "envelope_bands": self.envelope_bands,
             "envelope_f_max": self.envelope_f_max,
             "instance_norm": self.instance_norm,
+            "whiten": self.whiten,
         }
 
     def extra_repr(self) -> str:

@@ -58,13 +58,29 @@ def test_envelope_spectrum_peaks_at_the_modulation_frequency_whatever_the_carrie
     assert torch.all(spec.max(dim=-1).values - spec.median(dim=-1).values > 20.0)
 
 
-def test_the_envelope_of_a_modulated_tone_has_its_modulation_amplitude() -> None:
-    stage = EnvelopeStage([[1500.0, 2500.0]], SR)
-    envelope = stage(_am(2000.0, 107.0, batch=1))[0, 0].double()
+@pytest.mark.parametrize("decimation", [1, 4])
+def test_the_envelope_of_a_modulated_tone_has_its_modulation_amplitude(decimation: int) -> None:
+    stage = EnvelopeStage([[1500.0, 2500.0]], SR, 1000.0, decimation)
+    envelope = stage(_am(2000.0, 107.0, batch=1))[0, 0]
     # 0.5 cos(...) times a unit carrier: an envelope fluctuation of RMS 0.5 / sqrt(2).
     assert envelope.pow(2).mean().sqrt().item() == pytest.approx(0.5 / math.sqrt(2), rel=0.03)
-    assert abs(envelope.mean().item()) < 1e-9
-    assert envelope.shape[-1] == stage.output_length(WINDOW) == WINDOW - stage.taps + 1
+    assert abs(envelope.mean().item()) < 1e-3
+    full_rate = WINDOW - stage.taps + 1
+    assert envelope.shape[-1] == stage.output_length(WINDOW)
+    assert envelope.shape[-1] == (full_rate - stage.lowpass_taps) // decimation + 1
+
+
+def test_the_envelope_is_decimated_only_as_far_as_its_bins_allow() -> None:
+    fe = SpectrogramFrontend(SR, 1, **WELCH)
+    assert fe.pre.decimation == 4  # 1.5 kHz Nyquist after decimation: room above 1 kHz
+    # hop_length 250 is not a multiple of 4: the largest factor dividing every length is 2.
+    assert SpectrogramFrontend(SR, 1, **{**WELCH, "hop_length": 250}).pre.decimation == 2
+    # The bins are those of n_fft at the full rate, whatever the decimation.
+    full = SpectrogramFrontend(SR, 1, **WELCH, envelope_f_max=5000.0)
+    assert full.pre.decimation == 1
+    np.testing.assert_allclose(
+        full.row_frequencies()[0][: fe.n_freqs // 3], fe.row_frequencies()[0][: fe.n_freqs // 3]
+    )
 
 
 def test_default_bands_are_octaves_relative_to_the_sample_rate() -> None:
@@ -120,6 +136,8 @@ def test_settings_are_json_and_rebuild_the_same_front_end() -> None:
         ({"envelope_bands": []}, r"non-empty list"),
         ({"envelope_f_max": 7000.0}, r"envelope_f_max=7000"),
         ({"kind": "stft", "envelope_bands": [[1000, 2000]]}, r"only used with kind='envelope'"),
+        ({"whiten": 4}, r"whiten must be 0 \(off\) or an odd number"),
+        ({"whiten": 5, "log": False}, r"with log=True"),
     ],
 )
 def test_bad_envelope_settings_raise_clear_errors(kwargs: dict, match: str) -> None:
@@ -129,8 +147,26 @@ def test_bad_envelope_settings_raise_clear_errors(kwargs: dict, match: str) -> N
 
 def test_a_window_shorter_than_the_demodulation_filters_is_refused() -> None:
     fe = SpectrogramFrontend(SR, 1, **WELCH, envelope_bands=[[1000.0, 1100.0]])
-    with pytest.raises(ValueError, match=f"filters of {fe.pre.taps} taps"):
-        fe.output_shape(fe.pre.taps)
+    taps = fe.pre.taps + fe.pre.lowpass_taps - 1
+    with pytest.raises(ValueError, match=f"too short for the envelope's filters of {taps} taps"):
+        fe.output_shape(taps)
+
+
+# -------------------------------------------------------------------------------- whitening
+def test_whitening_keeps_lines_and_removes_a_smooth_background_of_each_band() -> None:
+    fe = SpectrogramFrontend(SR, 1, **WELCH, whiten=7)
+    rows = fe.n_freqs // 3
+    # Each band: a straight background (another slope per band) with a 12 dB line at row 40.
+    slope = torch.arange(rows, dtype=torch.float32)
+    spec = torch.stack([k * 0.3 * slope - 20.0 * k for k in range(3)])
+    spec[:, 40] += 12.0
+    out = fe._whiten(spec.reshape(1, 1, 3 * rows, 1)).reshape(3, rows)
+    inside = torch.cat([torch.arange(3, 36), torch.arange(45, rows - 3)])
+    torch.testing.assert_close(out[:, inside], torch.zeros(3, len(inside)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[:, 40], torch.full((3,), 12.0 * 6 / 7))
+    # The lines of a real envelope spectrum survive: the AM line is the whitened maximum.
+    whitened = _band_rows(fe, fe.features(_am(4200.0, 107.0)), 0)[0, 0, :, 0]
+    assert abs(fe.row_frequencies()[0][int(whitened.argmax())] - 107.0) <= SR / 1024 / 2
 
 
 # ---------------------------------------------------------------------------- instance norm
@@ -175,9 +211,8 @@ PARITY = [
         {**WELCH, "average_frames": False, "n_fft": 512, "hop_length": 128}, id="envelope"
     ),
     pytest.param({"kind": "stft", "n_fft": 256, "instance_norm": True}, id="stft-instance-norm"),
-    pytest.param(
-        {**WELCH, "instance_norm": True, "stft": "conv"}, id="envelope-conv-instance-norm"
-    ),
+    pytest.param({**WELCH, "instance_norm": True, "stft": "conv"}, id="conv-instance-norm"),
+    pytest.param({**WELCH, "instance_norm": True, "whiten": 7}, id="whiten-instance-norm"),
 ]
 
 
@@ -214,7 +249,7 @@ def test_front_end_onnx_and_torchscript_match_eager(tmp_path, kwargs: dict) -> N
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_envelope_model_with_instance_norm_exports_and_verifies(tmp_path) -> None:
     """The deployable model (front end + CNN) through the export pipeline's own verification."""
-    fe = _fitted(2, **WELCH, instance_norm=True)
+    fe = _fitted(2, **WELCH, instance_norm=True, whiten=7)
     torch.manual_seed(0)
     net = CNNClassifier(num_classes=3, in_channels=2, input_shape=fe.output_shape(WINDOW)).net
     model = DeployableModel(fe, net).eval()
