@@ -93,12 +93,38 @@ def plot_spectrogram(
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(figsize=(6, 3))
-    ax.pcolormesh(times, freqs, values, shading="nearest")
+    fe = _as_frontend(frontend_or_settings)
+    if fe.kind == "envelope":
+        _draw_bands(ax, times, freqs, values, fe.envelope_bands)
+    else:
+        ax.pcolormesh(times, freqs, values, shading="nearest")
+        ax.set_ylabel("Frequency (Hz)")
     ax.set_xlabel("Time (s)")
-    ax.set_ylabel("Frequency (Hz)")
     if title:
         ax.set_title(title)
     return ax
+
+
+def _draw_bands(
+    ax: Any, times: np.ndarray, freqs: np.ndarray, values: np.ndarray, bands: list[list[float]]
+) -> None:
+    """An envelope spectrogram: each demodulation band's rows drawn above the previous band's."""
+    rows = len(freqs) // len(bands)
+    height = float(freqs[rows - 1] + (freqs[1] - freqs[0] if rows > 1 else 1.0))
+    ticks, labels = [], []
+    for b, (low, high) in enumerate(bands):
+        offset = b * height
+        ax.pcolormesh(
+            times, freqs[:rows] + offset, values[b * rows : (b + 1) * rows], shading="nearest",
+            vmin=float(values.min()), vmax=float(values.max()),
+        )  # fmt: skip
+        ax.axhline(offset, color="white", linewidth=0.8)
+        ax.text(times[0], offset + 0.9 * height, f" band {low:g}-{high:g} Hz", color="white",
+                fontsize=7, va="top")  # fmt: skip
+        ticks += [offset, offset + height / 2]
+        labels += ["0", f"{height / 2:.0f}"]
+    ax.set_yticks(ticks, labels)
+    ax.set_ylabel("Envelope frequency (Hz)")
 
 
 def plot_window(

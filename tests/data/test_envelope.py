@@ -274,3 +274,16 @@ def test_the_data_module_builds_the_envelope_front_end_it_is_told(tiny_data, cac
     spec, _ = dm.spectrogram_batch("train")
     assert tuple(spec.shape[1:]) == dm.input_shape
     assert dm.frontend.settings()["envelope_bands"] == default_bands(dm.sample_rate)
+
+
+@pytest.mark.filterwarnings("error")
+def test_an_envelope_spectrogram_plots_one_band_above_the_other() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from damage_lightning.data.plotting import plot_spectrogram
+
+    fe = SpectrogramFrontend(SR, 1, kind="envelope", n_fft=1024, hop_length=256)
+    ax = plot_spectrogram(fe(_am(4200.0, 107.0, batch=1))[0], fe)
+    assert len(ax.collections) == len(fe.envelope_bands)
+    assert ax.get_ylabel() == "Envelope frequency (Hz)"
