@@ -54,11 +54,14 @@ class SpectrogramFrontend(nn.Module):
 
     Envelope spectrum (``kind="envelope"``): a pre-stage
     (:class:`damage_lightning.data.envelope.EnvelopeStage`) demodulates each channel in each band
-    of ``envelope_bands`` (band-pass and Hilbert envelope, mean removed; ``taps - 1`` samples
-    shorter than the window), and the STFT above is taken of those envelopes, keeping the bins in
-    ``[f_min, envelope_f_max]``. The bands are stacked along frequency: channel ``c``'s rows are
-    band 0's envelope bins, then band 1's, ..., so the output keeps ``C`` channels and ``F =
-    n_bands * bins`` rows (:meth:`row_frequencies` gives each row's envelope frequency).
+    of ``envelope_bands`` (band-pass and Hilbert envelope, mean removed, only where its filters
+    lie inside the window), low-passes and decimates the envelopes as far as ``envelope_f_max``
+    allows, and the STFT above is taken of those envelopes with the same duration of frames, so
+    its bins are those of ``n_fft`` at the full rate; the bins in ``[f_min, envelope_f_max]`` are
+    kept. The bands are stacked along frequency: channel ``c``'s rows are band 0's envelope bins,
+    then band 1's, ..., so the output keeps ``C`` channels and ``F = n_bands * bins`` rows
+    (:meth:`row_frequencies` gives each row's envelope frequency). ``whiten`` (after the
+    logarithm) subtracts from each band's log spectrum its moving average along frequency.
 
     Normalisation: the buffers ``mean`` and ``std`` (one value per channel) are applied as
     ``(spectrogram - mean) / std``. They start as 0 and 1 (the identity) and are set by
