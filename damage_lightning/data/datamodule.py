@@ -75,7 +75,8 @@ class DamageDataModule(pl.LightningDataModule):
             ``group`` when groups are given, else ``recording``, and ``block`` (contiguous blocks
             of each recording with a one-window gap) when a class has too few recordings.
         seed: seed of the split and of the shuffling.
-        spectrogram: ``mel`` (mel bands) or ``stft`` (linear frequency bins). The front-end
+        spectrogram: ``mel`` (mel bands), ``stft`` (linear frequency bins) or ``envelope`` (the
+            spectrum of band envelopes, for bearings: see ``envelope_bands``). The front-end
             defaults are those of ``configs/cnn.yaml`` (a 2 Hz STFT up to 300 Hz, made for the
             built-in frame), so a bare ``DamageDataModule()`` gives what the default model
             trains on; for data of your own choose ``f_max`` (``None``: Nyquist) or ``mel``.
@@ -94,6 +95,18 @@ class DamageDataModule(pl.LightningDataModule):
             inside the window.
         average_frames: average the power over the frames before the logarithm (a Welch power
             spectral density, one frame per window), as the novelty detector uses.
+        envelope_bands: ``spectrogram: envelope``: demodulation bands ``[[low, high], ...]`` in
+            Hz; each band's envelope spectrum is stacked along frequency (``None``: three octave
+            bands below 0.9 times the Nyquist frequency).
+        envelope_f_max: ``spectrogram: envelope``: highest envelope frequency kept, Hz
+            (``None``: 1 kHz, or Nyquist if lower; 1 kHz holds the first harmonics of bearing
+            defect frequencies up to 3600 rpm).
+        instance_norm: standardise each window's log spectrum per channel over its own
+            frequencies and frames, after the training-split statistics (which it makes
+            redundant): removes a sensor's gain or a fault-size amplitude.
+        whiten: subtract from each log spectrum (each band's, for ``envelope``) its moving
+            average over this many frequency rows (odd; ``0``: off), leaving the lines above the
+            background.
         batch_size: windows per batch (per device).
         num_workers: ``0`` gathers each training, validation and test batch when the step asks
             for it; ``N > 0`` gathers up to ``2 N`` batches ahead in one background thread, which
@@ -156,7 +169,7 @@ class DamageDataModule(pl.LightningDataModule):
         test_fraction: float = 0.15,
         split_strategy: Literal["auto", "explicit", "group", "recording", "block"] = "auto",
         seed: int = 42,
-        spectrogram: Literal["mel", "stft"] = "stft",
+        spectrogram: Literal["mel", "stft", "envelope"] = "stft",
         n_fft: int = 512,
         hop_length: int | None = 64,
         n_mels: int = 64,
@@ -167,6 +180,10 @@ class DamageDataModule(pl.LightningDataModule):
         stft_impl: Literal["torch", "conv"] = "torch",
         center: bool = True,
         average_frames: bool = False,
+        envelope_bands: list[list[float]] | None = None,
+        envelope_f_max: float | None = None,
+        instance_norm: bool = False,
+        whiten: int = 0,
         batch_size: int = 64,
         num_workers: int = 0,
         cache_dir: str | None = None,
@@ -351,6 +368,10 @@ class DamageDataModule(pl.LightningDataModule):
             "stft": hp.stft_impl,
             "center": hp.center,
             "average_frames": hp.average_frames,
+            "envelope_bands": hp.envelope_bands,
+            "envelope_f_max": hp.envelope_f_max,
+            "instance_norm": hp.instance_norm,
+            "whiten": hp.whiten,
         }
 
     def _build_frontend(self) -> SpectrogramFrontend:

@@ -137,10 +137,7 @@ class ConvSTFT(nn.Module):
         half = self.n_fft // 2
         # Reflect padding of (x - offset) is the padding of x, less the offset.
         x = F.pad(x - offset, (half, half), mode="reflect") if self.center else x - offset
-        if x.is_cuda and not torch.jit.is_scripting():
-            parts = self._conv_ieee(x)
-        else:
-            parts = F.conv1d(x, self.basis, stride=self.hop_length)
+        parts = conv1d_float32(x, self.basis, self.hop_length)
         parts = parts + offset * self.basis_sum.view(1, -1, 1)
         real, imag = parts[:, : self.n_bins], parts[:, self.n_bins :]
         spec = real * real + imag * imag
@@ -148,21 +145,29 @@ class ConvSTFT(nn.Module):
             spec = torch.sqrt(spec)
         return spec.reshape(batch, channels, self.n_bins, spec.shape[-1])
 
-    @torch.jit.unused
-    def _conv_ieee(self, x: Tensor) -> Tensor:
-        """The convolution in full float32 on a GPU.
 
-        cuDNN computes float32 convolutions in TF32 by default (10-bit mantissa) and autocast
-        would run them in bf16; either rounds the weak bins away. (Eager only: an export runs on
-        the CPU, whose float32 convolution is exact float32.)
-        """
-        cudnn = torch.backends.cudnn
-        with (
-            torch.autocast(x.device.type, enabled=False),
-            cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
-                        deterministic=cudnn.deterministic, allow_tf32=False),
-        ):  # fmt: skip
-            return F.conv1d(x, self.basis, stride=self.hop_length)
+def conv1d_float32(x: Tensor, weight: Tensor, stride: int) -> Tensor:
+    """``F.conv1d(x, weight, stride=stride)`` in full float32, also on a GPU.
+
+    cuDNN computes float32 convolutions in TF32 by default (10-bit mantissa) and autocast would
+    run them in bf16; either rounds weak spectral bins away, and training would then see another
+    spectrum than the exported model (which runs on the CPU, whose float32 convolution is exact
+    float32).
+    """
+    if x.is_cuda and not torch.jit.is_scripting():
+        return _conv1d_ieee(x, weight, stride)
+    return F.conv1d(x, weight, stride=stride)
+
+
+@torch.jit.unused
+def _conv1d_ieee(x: Tensor, weight: Tensor, stride: int) -> Tensor:
+    cudnn = torch.backends.cudnn
+    with (
+        torch.autocast(x.device.type, enabled=False),
+        cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                    deterministic=cudnn.deterministic, allow_tf32=False),
+    ):  # fmt: skip
+        return F.conv1d(x, weight, stride=stride)
 
 
 def make_stft(

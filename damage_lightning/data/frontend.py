@@ -12,10 +12,17 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
 from damage_lightning.data.dft import StftImpl, make_stft
+from damage_lightning.data.envelope import (
+    DEFAULT_ENVELOPE_F_MAX,
+    EnvelopeStage,
+    decimation_factor,
+    default_bands,
+)
 
 # A channel whose (log) spectrogram does not vary (a flat-lined sensor) has a standard deviation of
 # about zero; it is centred but not scaled, instead of being blown up into NaN or huge values.
@@ -45,22 +52,39 @@ class SpectrogramFrontend(nn.Module):
     below the maximum of each example (over its channels, frequencies and frames), never of the
     whole batch: an example gives the same spectrogram alone or in any batch.
 
+    Envelope spectrum (``kind="envelope"``): a pre-stage
+    (:class:`damage_lightning.data.envelope.EnvelopeStage`) demodulates each channel in each band
+    of ``envelope_bands`` (band-pass and Hilbert envelope, mean removed, only where its filters
+    lie inside the window), low-passes and decimates the envelopes as far as ``envelope_f_max``
+    allows, and the STFT above is taken of those envelopes with the same duration of frames, so
+    its bins are those of ``n_fft`` at the full rate; the bins in ``[f_min, envelope_f_max]`` are
+    kept. The bands are stacked along frequency: channel ``c``'s rows are band 0's envelope bins,
+    then band 1's, ..., so the output keeps ``C`` channels and ``F = n_bands * bins`` rows
+    (:meth:`row_frequencies` gives each row's envelope frequency). ``whiten`` (after the
+    logarithm) subtracts from each band's log spectrum its moving average along frequency.
+
     Normalisation: the buffers ``mean`` and ``std`` (one value per channel) are applied as
     ``(spectrogram - mean) / std``. They start as 0 and 1 (the identity) and are set by
     :meth:`fit_normalization` from the training split only; ``fitted`` records that this happened.
-    All three travel with ``state_dict()``, checkpoints and exports.
+    All three travel with ``state_dict()``, checkpoints and exports. With ``instance_norm`` each
+    example is then standardised per channel over its own rows and frames, which removes a gain
+    of each sensor (or a fault-size amplitude) from the log spectrum; since that undoes any
+    per-channel affine map, the training statistics then no longer change the output (they are
+    still fitted and recorded).
 
     Args:
         sample_rate: sample rate of the waveforms in Hz.
         n_channels: number of sensor channels ``C``.
-        kind: ``"mel"`` for a mel spectrogram, ``"stft"`` for the linear-frequency spectrogram.
+        kind: ``"mel"`` for a mel spectrogram, ``"stft"`` for the linear-frequency spectrogram,
+            ``"envelope"`` for the linear-frequency spectrogram of band envelopes.
         n_fft: FFT size; ``n_fft // 2 + 1`` frequency bins before cropping or mel projection.
         hop_length: samples between frames; defaults to ``n_fft // 4``.
         win_length: Hann window length (at most ``n_fft``); defaults to ``n_fft``.
         n_mels: number of mel bands (``kind="mel"`` only).
-        f_min: lowest frequency in Hz: the lowest mel band edge, or for ``kind="stft"`` the lowest
-            frequency bin kept.
-        f_max: highest frequency in Hz (default: the Nyquist frequency ``sample_rate / 2``).
+        f_min: lowest frequency in Hz: the lowest mel band edge, or for ``kind="stft"`` (and of
+            the envelope spectrum for ``kind="envelope"``) the lowest frequency bin kept.
+        f_max: highest frequency in Hz (default: the Nyquist frequency ``sample_rate / 2``); not
+            used by ``kind="envelope"`` (see ``envelope_f_max``).
         power: 2.0 for the power spectrogram, 1.0 for the magnitude.
         log: convert to decibels (``10 log10`` of power, ``20 log10`` of magnitude).
         top_db: with ``log``, clamp each example at this many dB below its maximum; ``None`` to
@@ -75,6 +99,19 @@ class SpectrogramFrontend(nn.Module):
             of the power spectral density: the output has one frame ``(B, C, F, 1)``. For
             stationary vibration the frame-to-frame variation is estimation noise, and the log of
             the mean varies less than the mean of the logs.
+        envelope_bands: ``kind="envelope"``: demodulation bands ``[[low, high], ...]`` in Hz
+            (``0 < low < high < sample_rate / 2``); ``None``: three octave bands below 0.9 times
+            the Nyquist frequency (:func:`damage_lightning.data.envelope.default_bands`).
+        envelope_f_max: ``kind="envelope"``: highest envelope frequency kept, Hz. ``None``: 1 kHz
+            (or the Nyquist frequency if lower), which holds the first harmonics of bearing
+            defect frequencies for shafts up to 3600 rpm
+            (:data:`damage_lightning.data.envelope.DEFAULT_ENVELOPE_F_MAX`).
+        instance_norm: standardise each example per channel over its own rows and frames, after
+            the training-split statistics.
+        whiten: with ``log``, subtract from each log spectrum (each band's, for
+            ``kind="envelope"``) its moving average over this many rows (odd; edge rows
+            repeated): what remains are lines above the smooth background, which is what a
+            fault frequency is; ``0`` keeps the spectrum as it is.
     """
 
     def __init__(
@@ -95,6 +132,10 @@ class SpectrogramFrontend(nn.Module):
         stft: StftImpl = "torch",
         center: bool = True,
         average_frames: bool = False,
+        envelope_bands: list[list[float]] | None = None,
+        envelope_f_max: float | None = None,
+        instance_norm: bool = False,
+        whiten: int = 0,
     ):
         super().__init__()
         hop_length = n_fft // 4 if hop_length is None else int(hop_length)
@@ -121,6 +162,33 @@ class SpectrogramFrontend(nn.Module):
         self.stft_impl = stft
         self.center = bool(center)
         self.average_frames = bool(average_frames)
+        self.instance_norm = bool(instance_norm)
+        self.whiten = int(whiten)
+        if self.whiten < 0 or (self.whiten and (self.whiten % 2 == 0 or not self.log)):
+            raise ValueError(
+                f"whiten must be 0 (off) or an odd number of rows with log=True, got "
+                f"whiten={whiten}, log={log}"
+            )
+        self._min_std = _MIN_STD  # an attribute: TorchScript does not read module globals
+        default_f_max = min(DEFAULT_ENVELOPE_F_MAX, nyquist)
+        self.envelope_f_max = default_f_max if envelope_f_max is None else float(envelope_f_max)
+        self.envelope_bands = envelope_bands
+        # The pre-stage between waveform and STFT; ``_bands`` is how many spectra per channel it
+        # stacks along frequency, ``_step`` by what it divides the sample rate (and the STFT's
+        # lengths in samples, so the bins stay those of n_fft at the full rate).
+        self.pre = nn.Identity()
+        self._bands, self._step = 1, 1
+        if kind == "envelope":
+            _check_envelope(self.envelope_f_max, self.f_min, nyquist)
+            bands = default_bands(self.sample_rate) if envelope_bands is None else envelope_bands
+            lengths = (self.n_fft, hop_length, win_length)
+            self._step = decimation_factor(self.sample_rate, self.envelope_f_max, lengths)
+            self.pre = EnvelopeStage(bands, self.sample_rate, self.envelope_f_max, self._step)
+            self.envelope_bands = self.pre.bands
+            self._bands = self.pre.n_bands
+            f_max = self.envelope_f_max
+        elif envelope_bands is not None:
+            raise ValueError(f"envelope_bands is only used with kind='envelope', not {kind!r}")
 
         n_stft = self.n_fft // 2 + 1
         # Buffers follow the module's device; the window, DFT basis and mel filters derive from
@@ -146,9 +214,11 @@ class SpectrogramFrontend(nn.Module):
         self._mel = kind == "mel"
         # The mel filters take every bin; the linear spectrogram only the bins it keeps.
         first, stop = (0, n_stft) if self._mel else (self._bin_lo, self._bin_hi)
+        step = self._step
         self.spectrum = make_stft(
-            stft, self.n_fft, hop_length, win_length, first, stop, self.power, self.center
-        )
+            stft, self.n_fft // step, hop_length // step, win_length // step, first, stop,
+            self.power, self.center,
+        )  # fmt: skip
         self._db_multiplier = 10.0 if self.power == 2.0 else 20.0
         # A float, or -1 for "no clamp": TorchScript types the attribute from its value.
         self._top_db = -1.0 if self.top_db is None else self.top_db
@@ -159,14 +229,15 @@ class SpectrogramFrontend(nn.Module):
 
     @property
     def n_freqs(self) -> int:
-        """Frequency rows ``F`` of the output (mel bands, or kept STFT bins)."""
-        return self._bin_hi - self._bin_lo
+        """Frequency rows ``F`` of the output (mel bands, or kept STFT bins of each band)."""
+        return (self._bin_hi - self._bin_lo) * self._bands
 
     def row_frequencies(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Where each output row ``F`` lies on the frequency axis, in Hz.
 
         For ``kind="stft"`` row ``i`` is FFT bin ``k`` centred on ``k * sample_rate / n_fft``,
-        one bin wide (clipped at 0 Hz and Nyquist). For ``kind="mel"`` it is a triangular mel
+        one bin wide (clipped at 0 Hz and Nyquist); for ``kind="envelope"`` the same bins of the
+        envelope spectrum, repeated for each band. For ``kind="mel"`` it is a triangular mel
         filter: centred on its peak, from the peak of the filter below to the peak of the filter
         above (HTK mel scale, as the filters are built).
 
@@ -181,7 +252,8 @@ class SpectrogramFrontend(nn.Module):
         step = self.sample_rate / self.n_fft
         centre = np.arange(self._bin_lo, self._bin_hi, dtype=np.float64) * step
         low = np.maximum(centre - step / 2, 0.0)
-        return centre, low, np.minimum(centre + step / 2, self.sample_rate / 2)
+        high = np.minimum(centre + step / 2, self.sample_rate / 2)
+        return tuple(np.tile(edge, self._bands) for edge in (centre, low, high))  # type: ignore[return-value]
 
     def features(self, waveform: Tensor) -> Tensor:
         """Spectrogram without normalisation.
@@ -202,7 +274,9 @@ class SpectrogramFrontend(nn.Module):
                 + " channels, samples), got "
                 + str(list(waveform.shape))
             )
-        spec = self.spectrum(waveform)
+        spec = self.spectrum(self.pre(waveform))
+        # (B, C * bands, K, frames) -> (B, C, bands * K, frames); a no-op without a pre-stage.
+        spec = spec.reshape(waveform.shape[0], self.n_channels, -1, spec.shape[-1])
         if self.average_frames:
             spec = spec.mean(dim=-1, keepdim=True)
         if self._mel:
@@ -213,7 +287,19 @@ class SpectrogramFrontend(nn.Module):
             # 4-D input: amplitude_to_DB takes the top_db reference per example (over C, F, frames).
             top_db: float | None = None if self._top_db < 0 else self._top_db
             spec = AF.amplitude_to_DB(spec, self._db_multiplier, self.eps, 0.0, top_db)
+        if self.whiten > 0:
+            spec = self._whiten(spec)
         return spec
+
+    def _whiten(self, spec: Tensor) -> Tensor:
+        """Subtract from each (band's) log spectrum its moving average over ``whiten`` rows."""
+        batch, channels, rows, frames = spec.shape
+        half = self.whiten // 2
+        # Each band's spectrum is averaged on its own; its edge rows repeat outwards.
+        bands = spec.reshape(batch * channels, self._bands, rows // self._bands, frames)
+        padded = F.pad(bands, (0, 0, half, half), mode="replicate")
+        background = F.avg_pool2d(padded, (self.whiten, 1), stride=1)
+        return (bands - background).reshape(batch, channels, rows, frames)
 
     def forward(self, waveform: Tensor) -> Tensor:
         """Normalised spectrogram.
@@ -228,7 +314,16 @@ class SpectrogramFrontend(nn.Module):
             float32 tensor ``(B, C, F, frames)`` (see :meth:`output_shape`).
         """
         spec = self.features(waveform)
-        return (spec - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        spec = (spec - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        if self.instance_norm:
+            # In float64: the float32 mean of a constant (flat-lined) channel misses it by a
+            # rounding error, which divided by its own size would come out as -1 or 1.
+            values = spec.to(torch.float64)
+            mean = values.mean(dim=(2, 3), keepdim=True)
+            std = torch.sqrt(((values - mean) ** 2).mean(dim=(2, 3), keepdim=True))
+            std = torch.where(std < self._min_std, torch.ones_like(std), std)
+            spec = ((values - mean) / std).to(torch.float32)
+        return spec
 
     def output_shape(self, window: int) -> tuple[int, int, int]:
         """Shape ``(C, F, frames)`` of one example's output for windows of ``window`` samples.
@@ -236,23 +331,30 @@ class SpectrogramFrontend(nn.Module):
         Args:
             window: samples per window.
         """
-        if self.center and window <= self.n_fft // 2:
+        what, n_fft, hop = f"a window of {window} samples", self.n_fft, self.hop_length
+        if isinstance(self.pre, EnvelopeStage):
+            # The STFT sees the (decimated) envelope: fewer samples, at 1 / step of the rate.
+            samples = self.pre.output_length(window)
+            what = f"the envelope of a window of {window} samples ({samples * self._step} "
+            what += "samples at the full rate)"
+            window, n_fft, hop = samples, n_fft // self._step, hop // self._step
+        if self.center and window <= n_fft // 2:
             # torch.stft's reflect padding needs more samples than half the FFT size.
             raise ValueError(
-                f"a window of {window} samples is too short for n_fft={self.n_fft}: it needs more "
-                f"than {self.n_fft // 2} samples"
+                f"{what} is too short for n_fft={self.n_fft}: it needs more than "
+                f"{self.n_fft // 2} samples"
             )
-        if not self.center and window < self.n_fft:
+        if not self.center and window < n_fft:
             raise ValueError(
-                f"a window of {window} samples is too short for n_fft={self.n_fft} without "
-                "centred frames: it needs at least n_fft samples"
+                f"{what} is too short for n_fft={self.n_fft} without centred frames: it needs "
+                "at least n_fft samples"
             )
         if self.average_frames:
             frames = 1
         elif self.center:
-            frames = window // self.hop_length + 1
+            frames = window // hop + 1
         else:
-            frames = 1 + (window - self.n_fft) // self.hop_length
+            frames = 1 + (window - n_fft) // hop
         return self.n_channels, self.n_freqs, frames
 
     @torch.no_grad()
@@ -292,7 +394,7 @@ class SpectrogramFrontend(nn.Module):
         if count == 0:
             raise ValueError("cannot fit the spectrogram normalisation: no training windows given")
         std = torch.sqrt(m2 / count)
-        std = torch.where(std < _MIN_STD, torch.ones_like(std), std)
+        std = torch.where(std < self._min_std, torch.ones_like(std), std)
         self.mean.copy_(mean.to(self.mean.dtype))
         self.std.copy_(std.to(self.std.dtype))
         self.fitted.fill_(True)
@@ -320,6 +422,10 @@ class SpectrogramFrontend(nn.Module):
             "stft": self.stft_impl,
             "center": self.center,
             "average_frames": self.average_frames,
+            "envelope_bands": self.envelope_bands,
+            "envelope_f_max": self.envelope_f_max,
+            "instance_norm": self.instance_norm,
+            "whiten": self.whiten,
         }
 
     def extra_repr(self) -> str:
@@ -349,8 +455,8 @@ def _check_settings(
         problems.append(f"sample_rate must be positive, got {sample_rate}")
     if n_channels < 1:
         problems.append(f"n_channels must be at least 1, got {n_channels}")
-    if kind not in ("stft", "mel"):
-        problems.append(f"kind must be 'stft' or 'mel', got {kind!r}")
+    if kind not in ("stft", "mel", "envelope"):
+        problems.append(f"kind must be 'stft', 'mel' or 'envelope', got {kind!r}")
     if n_fft < 2:
         problems.append(f"n_fft must be at least 2, got {n_fft}")
     if hop_length < 1:
@@ -374,3 +480,12 @@ def _check_settings(
         problems.append(f"stft must be 'torch' or 'conv', got {stft!r}")
     if problems:
         raise ValueError("invalid spectrogram settings: " + "; ".join(problems))
+
+
+def _check_envelope(envelope_f_max: float, f_min: float, nyquist: float) -> None:
+    """Reject an envelope spectrum range that keeps nothing."""
+    if not (math.isfinite(envelope_f_max) and 0 <= f_min < envelope_f_max <= nyquist):
+        raise ValueError(
+            f"invalid envelope settings: need 0 <= f_min < envelope_f_max <= {nyquist:g} Hz (half "
+            f"the sample rate), got f_min={f_min}, envelope_f_max={envelope_f_max}"
+        )

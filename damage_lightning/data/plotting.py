@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,31 +21,17 @@ def _as_frontend(frontend_or_settings: SpectrogramFrontend | dict[str, Any]) -> 
     return SpectrogramFrontend(**frontend_or_settings)
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    # The HTK mel scale: what SpectrogramFrontend asks torchaudio's melscale_fbanks for.
-    return 2595.0 * np.log10(1.0 + hz / 700.0)
-
-
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-
 def frequencies(frontend_or_settings: SpectrogramFrontend | dict[str, Any]) -> np.ndarray:
     """Frequency in Hz of each spectrogram row: the STFT bins kept, or the mel band centres.
+
+    For an envelope spectrum the envelope frequencies of each band follow one another.
 
     Args:
         frontend_or_settings: the front end, or its settings (``frontend.settings()`` or
             ``DamageDataModule.frontend_settings()``).
     """
-    fe = _as_frontend(frontend_or_settings)
-    if fe.kind == "mel":
-        # Band i's triangle peaks at the (i + 1)-th of n_mels + 2 points evenly spaced in mel.
-        edges = np.linspace(_hz_to_mel(np.float64(fe.f_min)), _hz_to_mel(np.float64(fe.f_max)),
-                            fe.n_mels + 2)  # fmt: skip
-        return _mel_to_hz(edges[1:-1])
-    step = fe.sample_rate / fe.n_fft
-    first = math.ceil(fe.f_min / step - 1e-9)  # the front end's crop keeps bins from f_min up
-    return (first + np.arange(fe.n_freqs)) * step
+    # The front end's own account of its rows, so plots and attribution cannot disagree.
+    return _as_frontend(frontend_or_settings).row_frequencies()[0]
 
 
 def frame_times(
@@ -108,12 +93,38 @@ def plot_spectrogram(
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(figsize=(6, 3))
-    ax.pcolormesh(times, freqs, values, shading="nearest")
+    fe = _as_frontend(frontend_or_settings)
+    if fe.kind == "envelope":
+        _draw_bands(ax, times, freqs, values, fe.envelope_bands)
+    else:
+        ax.pcolormesh(times, freqs, values, shading="nearest")
+        ax.set_ylabel("Frequency (Hz)")
     ax.set_xlabel("Time (s)")
-    ax.set_ylabel("Frequency (Hz)")
     if title:
         ax.set_title(title)
     return ax
+
+
+def _draw_bands(
+    ax: Any, times: np.ndarray, freqs: np.ndarray, values: np.ndarray, bands: list[list[float]]
+) -> None:
+    """An envelope spectrogram: each demodulation band's rows drawn above the previous band's."""
+    rows = len(freqs) // len(bands)
+    height = float(freqs[rows - 1] + (freqs[1] - freqs[0] if rows > 1 else 1.0))
+    ticks, labels = [], []
+    for b, (low, high) in enumerate(bands):
+        offset = b * height
+        ax.pcolormesh(
+            times, freqs[:rows] + offset, values[b * rows : (b + 1) * rows], shading="nearest",
+            vmin=float(values.min()), vmax=float(values.max()),
+        )  # fmt: skip
+        ax.axhline(offset, color="white", linewidth=0.8)
+        ax.text(times[0], offset + 0.9 * height, f" band {low:g}-{high:g} Hz", color="white",
+                fontsize=7, va="top")  # fmt: skip
+        ticks += [offset, offset + height / 2]
+        labels += ["0", f"{height / 2:.0f}"]
+    ax.set_yticks(ticks, labels)
+    ax.set_ylabel("Envelope frequency (Hz)")
 
 
 def plot_window(

@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 
+from damage_lightning.data.dft import _conv1d_ieee
 from damage_lightning.data.frontend import SpectrogramFrontend
 from damage_lightning.export import DeployableModel, ModelMetadata, export_all
 from damage_lightning.export.deployable import example_waveforms
@@ -67,7 +68,7 @@ def test_full_precision_gpu_path_computes_the_same_convolution() -> None:
     stft = conv.spectrum
     padded = torch.nn.functional.pad(x.reshape(-1, 1, WINDOW), (128, 128), mode="reflect")
     want = torch.nn.functional.conv1d(padded, stft.basis, stride=64)
-    assert torch.equal(stft._conv_ieee(padded), want)
+    assert torch.equal(_conv1d_ieee(padded, stft.basis, 64), want)
 
 
 def test_conv_setting_travels_with_the_settings_and_is_checked() -> None:
