@@ -109,7 +109,7 @@ PROTOCOLS = {
     "cwru_fault_size": Protocol(
         name="cwru_fault_size",
         data_args=_cwru_args,
-        cv_args=["--cv.by", "fault_size"],
+        cv_args=["--cv.by", "fault_size", "--cv.val_rule", "last_block"],
         target=0.90,
         rule="mean window accuracy over the folds",
         met=lambda accs: sum(accs) / len(accs) >= 0.90,
