@@ -21,6 +21,10 @@ class ResNetClassifier(ClassificationTask):
         stem_width: output channels of the stem convolution.
         widths: output channels of the stages, one stage per entry.
         blocks_per_stage: residual blocks per stage, one entry per stage.
+        downsample: how stages after the first halve the map: ``"maxpool"`` (max pooling
+            before the stage, robust to small frequency shifts; ``configs/resnet.yaml``) or
+            ``"stride"`` (a stride-2 first convolution, as in ResNet-18; the default, so that
+            checkpoints saved before the option load unchanged).
         dropout: dropout probability before the linear head.
         **kwargs: the arguments of :class:`~damage_lightning.tasks.ClassificationTask`
             (``num_classes``, ``lr``, ...).
@@ -34,6 +38,7 @@ class ResNetClassifier(ClassificationTask):
         stem_width: int = 32,
         widths: Sequence[int] = (32, 64, 128, 256),
         blocks_per_stage: Sequence[int] = (2, 2, 2, 2),
+        downsample: str = "stride",
         dropout: float = 0.2,
         **kwargs: Any,
     ) -> None:
@@ -46,6 +51,7 @@ class ResNetClassifier(ClassificationTask):
                 "stem_width": stem_width,
                 "widths": widths,
                 "blocks_per_stage": blocks_per_stage,
+                "downsample": downsample,
             },
             dropout=dropout,
             **kwargs,

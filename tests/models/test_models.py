@@ -160,6 +160,7 @@ def test_parameter_counts_follow_the_widths() -> None:
         (CNNClassifier, {"label_smoothing": 1.0}, "label_smoothing"),
         (ResNetClassifier, {"widths": [8, 16], "blocks_per_stage": [1]}, "blocks_per_stage"),
         (ResNetClassifier, {"dropout": 1.0}, "dropout"),
+        (ResNetClassifier, {"downsample": "avg"}, "downsample must be one of maxpool, stride"),
     ],
 )
 def test_bad_arguments_are_named(cls: type, kwargs: dict[str, Any], match: str) -> None:
@@ -172,11 +173,55 @@ def test_base_class_asks_for_build_network() -> None:
         DamageClassifier()
 
 
+def test_resnet_downsampling_keeps_weights_and_map_sizes() -> None:
+    # The same parameters either way (a checkpoint's tensors fit both), the same output, and
+    # max pooling only where a stride-2 block would halve the map.
+    kwargs = dict(num_classes=3, in_channels=4, input_shape=(4, 64, 3))
+    pooled = ResNetClassifier(downsample="maxpool", **kwargs)
+    strided = ResNetClassifier(downsample="stride", **kwargs)
+    assert {k: v.shape for k, v in pooled.state_dict().items()} == {
+        k: v.shape for k, v in strided.state_dict().items()
+    }
+    pools = [m for m in pooled.net.modules() if isinstance(m, nn.MaxPool2d)]
+    # stem 64x3 -> 32x2, stage 2 -> 16x1, stages 3 and 4 halve frequency only
+    assert [p.stride for p in pools] == [(2, 2), (2, 2), (2, 1), (2, 1)]
+    strides = [m.stride for m in strided.net.modules() if isinstance(m, nn.Conv2d)]
+    assert all(s == (1, 1) for m in pooled.net.modules() if isinstance(m, nn.Conv2d)
+               for s in [m.stride])  # fmt: skip
+    assert strides.count((2, 1)) == 4  # stages 3 and 4: first convolution and projection
+    x = torch.randn(2, 4, 64, 3)
+    assert pooled.eval()(x).shape == strided.eval()(x).shape == (2, 3)
+
+
+def test_resnet_maxpool_features_move_less_than_strided_under_a_one_bin_shift() -> None:
+    # Why configs/resnet.yaml max-pools: a mode one frequency bin higher (a small stiffness
+    # or speed change) should not look like another input. Same weights in both networks.
+    torch.manual_seed(0)
+    kwargs = dict(num_classes=3, in_channels=1, input_shape=(1, 64, 16))
+    pooled = ResNetClassifier(downsample="maxpool", **kwargs).eval()
+    strided = ResNetClassifier(downsample="stride", **kwargs).eval()
+    strided.load_state_dict(pooled.state_dict())
+    x = torch.randn(16, 1, 64, 16)
+    x[:, :, 20:23] += 6.0  # a strong narrow mode
+    shifted = torch.roll(x, 1, dims=2)
+
+    def change(model: ResNetClassifier) -> float:
+        features = model.net[:-2]  # without dropout and the linear head
+        with torch.no_grad():
+            a, b = features(x), features(shifted)
+        return float(((a - b).norm(dim=1) / a.norm(dim=1)).mean())
+
+    assert change(pooled) < 0.8 * change(strided)
+
+
 # -------------------------------------------------------------------------------- export
-@pytest.mark.parametrize("cls", [CNNClassifier, ResNetClassifier])
-def test_networks_export_to_torchscript_and_onnx(cls: type) -> None:
+@pytest.mark.parametrize(
+    ("cls", "extra"),
+    [(CNNClassifier, {}), (ResNetClassifier, {}), (ResNetClassifier, {"downsample": "maxpool"})],
+)
+def test_networks_export_to_torchscript_and_onnx(cls: type, extra: dict[str, Any]) -> None:
     shape = (4, 64, 17)
-    net = cls(num_classes=3, in_channels=4, input_shape=shape).net.eval()
+    net = cls(num_classes=3, in_channels=4, input_shape=shape, **extra).net.eval()
     example = torch.randn(3, *shape)
     scripted = torch.jit.script(net)
     traced = torch.jit.trace(net, example)
