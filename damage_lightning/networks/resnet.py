@@ -94,12 +94,12 @@ class ResNetBackbone(nn.Sequential):
     The stem max-pools, and every stage after the first halves the map once, each time only
     along axes still at least 2 long (known from ``input_shape``). ``downsample`` says how:
     ``"maxpool"`` max-pools (3x3, stride 2) the input of the stage's first block, whose
-    convolutions then keep stride 1; ``"stride"`` gives that block stride 2 (ResNet-18's way). A stride-2 3x3
-    convolution samples every other position, so a spectral peak one bin higher lands on other
-    weights; max pooling keeps the strongest response around each position, so small shifts
-    of a mode (a stiffness drift, another shaft speed) barely change the output. Maps
-    ``(B, C, F, T)`` to ``(B, out_features)`` with ``out_features == widths[-1]``; scriptable
-    and exportable.
+    convolutions then keep stride 1; ``"stride"`` gives that block stride 2 (ResNet-18's
+    way). A stride-2 3x3 convolution samples every other position, so a spectral peak one bin
+    higher lands on other weights; max pooling keeps the strongest response around each
+    position, so small shifts of a mode (a stiffness drift, another shaft speed) barely change
+    the output. Maps ``(B, C, F, T)`` to ``(B, out_features)`` with
+    ``out_features == widths[-1]``; scriptable and exportable.
 
     Args:
         in_channels: channels of the input spectrogram.
