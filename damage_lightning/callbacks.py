@@ -200,12 +200,15 @@ class AdaptBatchNorm(Callback):
         self._adapt(trainer, pl_module)
 
     def _adapt(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from damage_lightning.data.order import split_speed
         from damage_lightning.tasks.adapt import adapt_batchnorm
 
         dm = trainer.datamodule
         device = pl_module.device
+        order = bool(dm.hparams.get("order", False))
         spectrograms = (
-            dm.spectrogram(batch[0].to(device)) for batch in dm.recording_windows(self.path)
+            dm.spectrogram(b[0].to(device), split_speed(b, order)[1])
+            for b in dm.recording_windows(self.path)
         )
         try:
             done = adapt_batchnorm(pl_module, spectrograms)

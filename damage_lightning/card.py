@@ -129,6 +129,9 @@ class InputSpec(JsonRecord):
     hop: int
     spectrogram_shape: list[int] | None = None
     frontend: dict[str, Any]
+    #: A model with order spectra: its speed input (``rpm``) and the manifest column it reads.
+    speed_input: str | None = None
+    speed_column: str | None = None
 
 
 @dataclass(kw_only=True)

@@ -122,9 +122,14 @@ def _adapt_deployable(
     rate and window, which must be the checkpoint's), through the checkpoint's front end. The
     export metadata names the adaptation (``batchnorm_adapted``).
     """
+    from damage_lightning.data.order import refuse_order
     from damage_lightning.tasks.adapt import adapt_batchnorm
 
     _check_data_matches(datamodule, spec, "export --adapt")
+    try:
+        refuse_order(deployable, "export --adapt")
+    except ValueError as exc:
+        raise DataValidationError(Problem(path, "", str(exc))) from None
     assert datamodule is not None
     loader = datamodule.recording_windows(path)
     try:
@@ -309,6 +314,13 @@ class DamageCLI(LightningCLI):
             "test and predict use it in memory, export writes the adapted model.",
         )
         parser.add_argument(
+            "--rpm",
+            type=float | None,
+            default=None,
+            help="predict: shaft speed in rpm of recordings whose manifest gives none, for a model "
+            "with order spectra (the same as --data.predict_rpm).",
+        )
+        parser.add_argument(
             "--report.enabled",
             type=bool,
             default=ReportOptions.enabled,
@@ -399,6 +411,8 @@ class DamageCLI(LightningCLI):
         if cfg.get("ckpt_path"):
             _check_checkpoint(Path(cfg.ckpt_path))
         _check_adapt(self.subcommand, cfg.get("adapt"))
+        if cfg.get("rpm") is not None:
+            cfg.data.predict_rpm = cfg.rpm
         if run_dir is None and self.subcommand == "fit":
             run_dir = self._new_run_dir(root, cfg)
         self.run_dir = run_dir

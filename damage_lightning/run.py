@@ -35,6 +35,7 @@ from damage_lightning.card import (
     TrainerSummary,
     TrainingHistory,
 )
+from damage_lightning.deploy.metadata import SPEED_INPUT_KEY
 from damage_lightning.report.options import ReportOptions
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ def finalize_run(
             hop=spec.hop,
             spectrogram_shape=list(datamodule.input_shape),
             frontend=spec.frontend_settings,
+            speed_input=metadata.extra.get(SPEED_INPUT_KEY),
+            speed_column=metadata.speed_column,
         ),
         classes=spec.class_names,
         data=DataSummary.from_json(to_jsonable(datamodule.data_summary()), where="data"),

@@ -185,6 +185,7 @@ def run_prediction(
     hop: int | None = None,
     batch_size: int = 64,
     keep_windows: bool = False,
+    rpm: float | None = None,
 ) -> PredictionResult:
     """Decide every recording under ``data_path`` with an exported ONNX model (no torch needed).
 
@@ -199,9 +200,12 @@ def run_prediction(
         hop: step between windows (default: the model's).
         batch_size: windows per inference call.
         keep_windows: also return one row per window.
+        rpm: shaft speed in rpm for a model with order spectra (``data.order``), used for
+            recordings whose manifest row gives none in the model's speed column.
 
     Raises:
-        DataValidationError: a bad model or recording, named with the reason.
+        DataValidationError: a bad model or recording (or a missing speed), named with the
+            reason.
     """
     from damage_lightning.deploy.predict import predict
 
@@ -209,7 +213,7 @@ def run_prediction(
         if not Path(path).exists():
             raise DataValidationError(Problem(str(path), "", f"{what} does not exist"))
     result = predict(
-        model_path, data_path, hop=hop, batch_size=batch_size, keep_windows=keep_windows
+        model_path, data_path, hop=hop, batch_size=batch_size, keep_windows=keep_windows, rpm=rpm
     )
     return PredictionResult(result.recordings, result.windows, Path(model_path))
 

@@ -23,20 +23,17 @@ from damage_lightning.data.health_gate import (
     rethrow_with_exclusions,
 )
 from damage_lightning.data.novelty_split import plan_novelty_splits
+from damage_lightning.data.order import check_order_options, split_speed
+from damage_lightning.data.predict_data import PredictRecordings, load_predict_recordings
 from damage_lightning.data.prefetch import PrefetchingWindowLoader
 from damage_lightning.data.splits import SplitPlan, plan_splits
 from damage_lightning.data.windows import WindowBatchLoader, build_window_index
 from damage_lightning.errors import DataValidationError, Problem
 from damage_lightning.io.cache import default_cache_dir
-from damage_lightning.io.dataset import (
-    LoadedDataset,
-    load_dataset,
-    load_recording,
-    read_channel_names,
-)
-from damage_lightning.io.discovery import RecordingSpec, discover_with_warnings, find_recordings
+from damage_lightning.io.dataset import LoadedDataset, load_dataset, read_channel_names
+from damage_lightning.io.discovery import RecordingSpec, discover_with_warnings
 from damage_lightning.io.readers.base import ReaderOptions
-from damage_lightning.io.windows import window_starts
+from damage_lightning.io.speed import recording_speeds
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +51,9 @@ class DamageDataModule(pl.LightningDataModule):
     With no ``data_dir`` the built-in simulated shear-frame dataset is generated once into the
     cache folder and used. ``num_classes``, ``class_names``, ``in_channels`` and ``input_shape``
     are available right after construction (read lazily from the files), so the CLI can link them
-    into the model before ``setup()``. Batches are ``(waveform, label)``; the spectrogram front
-    end runs on the accelerator in ``on_after_batch_transfer``, and ``spectrogram(waveform)``
-    gives the same spectrograms in a notebook.
+    into the model before ``setup()``. Batches are ``(waveform, label)`` (``order``: the rpm
+    last, which the front end consumes); the spectrogram front end runs on the accelerator in
+    ``on_after_batch_transfer``; ``spectrogram(waveform)`` gives the same ones in a notebook.
 
     Args:
         data_dir: folder of recordings: ``<label>/<recording>.<ext>`` or a ``manifest.csv``
@@ -155,6 +152,16 @@ class DamageDataModule(pl.LightningDataModule):
             ``0``: off. The augmentations run on the accelerator, are drawn from ``seed``, the
             epoch and the batch index (the same seed gives the same batches), and are never
             applied to validation, test or predict batches, nor exported.
+        order: speed-normalised spectra: the rows (``stft`` or ``envelope``) are resampled to
+            shaft orders ``linspace(0, orders_max, n_orders)`` with each recording's speed
+            (``damage_lightning.data.order``); the exported model takes the rpm as a second input.
+            Speed jitter (``augment_speed``) scales each window's rpm with its speed factor.
+        orders_max: with ``order``, the highest shaft order.
+        n_orders: with ``order``, orders per spectrum (per band for ``envelope``).
+        rpm_column: the manifest column of each recording's speed in rpm (with ``order`` every
+            training recording needs one).
+        predict_rpm: the speed of predicted recordings whose manifest row gives none (or that
+            come without a manifest), rpm.
     """
 
     def __init__(
@@ -200,9 +207,15 @@ class DamageDataModule(pl.LightningDataModule):
         augment_snr_db: tuple[float, float] | None = None,
         augment_shift: float = 0.0,
         augment_speed: float = 0.0,
+        order: bool = False,
+        orders_max: float = 50.0,
+        n_orders: int = 256,
+        rpm_column: str = "rpm",
+        predict_rpm: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_order_options(order, orders_max, n_orders, rpm_column, predict_rpm, spectrogram)
         if window < 2:
             raise ValueError(f"data.window must be at least 2 samples, got {window}")
         self.hop = int(hop) if hop else max(1, window // 2)
@@ -234,7 +247,7 @@ class DamageDataModule(pl.LightningDataModule):
         self.indices: dict[str, np.ndarray] = {}
         self._labels: np.ndarray | None = None
         self._device: torch.device | None = None
-        self._predict: tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]] | None = None
+        self._predict: PredictRecordings | None = None
         self._frontend_state: dict[str, Tensor] | None = None
         #: The sensor-health gate's record for the model card (``None`` with ``health: off``).
         self.sensor_health: SensorHealthCard | None = None
@@ -372,6 +385,7 @@ class DamageDataModule(pl.LightningDataModule):
             "envelope_f_max": hp.envelope_f_max,
             "instance_norm": hp.instance_norm,
             "whiten": hp.whiten,
+            **{k: hp[k] for k in ("order", "orders_max", "n_orders")},
         }
 
     def _build_frontend(self) -> SpectrogramFrontend:
@@ -416,6 +430,7 @@ class DamageDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Read and validate all recordings, split them, cut windows, fit the normalisation."""
+        self._speeds(self.recordings)  # a missing speed is named before any file is read
         ds = self._load()
         if self.plan is None:
             ds = self._apply_health(ds)
@@ -522,7 +537,7 @@ class DamageDataModule(pl.LightningDataModule):
                 self._predict = self._load_predict_recordings()
             from damage_lightning.evaluation.health import check_recording
 
-            waveforms, _, _, paths = self._predict
+            waveforms, paths = self._predict.waveforms, self._predict.paths
             self._predict_findings = [
                 check_recording(w, self.channels, p, self.sample_rate, self.health_reference)
                 for w, p in zip(waveforms, paths, strict=True)
@@ -594,6 +609,7 @@ class DamageDataModule(pl.LightningDataModule):
             world_size=world,
             pin_memory=device is None and torch.cuda.is_available() and not host,
             with_positions=with_positions,
+            speeds=self._speeds(self.dataset.recordings),
             **extra,
         )
         return loader
@@ -633,18 +649,25 @@ class DamageDataModule(pl.LightningDataModule):
         if self.hparams.predict_data_dir:
             if self._predict is None:
                 self._predict = self._load_predict_recordings()
-            waveforms, index, labels, _ = self._predict
+            data = self._predict
         else:
             assert self.dataset is not None
-            waveforms, index, labels = self.dataset.waveforms, self.indices["test"], self._labels
+            data = PredictRecordings(
+                self.dataset.waveforms, self.indices["test"], self._labels, [],
+                self._speeds(self.dataset.recordings),
+            )  # fmt: skip
+        return self._windows_of(data)
+
+    def _windows_of(self, data: PredictRecordings) -> WindowBatchLoader:
         return WindowBatchLoader(
-            waveforms,
-            index,
-            labels,
+            data.waveforms,
+            data.index,
+            data.labels,
             self.window,
             batch_size=self.batch_size,
             device=self._device,
             with_positions=True,
+            speeds=data.speeds,
         )
 
     def predict_recordings(self) -> list[tuple[str, str | None]]:
@@ -652,9 +675,8 @@ class DamageDataModule(pl.LightningDataModule):
         if self.hparams.predict_data_dir:
             if self._predict is None:
                 self._predict = self._load_predict_recordings()
-            _, _, labels, paths = self._predict
-            names = self.class_names
-            return [(p, names[i] if i >= 0 else None) for p, i in zip(paths, labels, strict=True)]
+            pairs = zip(self._predict.paths, self._predict.labels, strict=True)
+            return [(p, self.class_names[i] if i >= 0 else None) for p, i in pairs]
         assert self.dataset is not None
         return [(r.relpath, r.label) for r in self.dataset.recordings]
 
@@ -671,57 +693,34 @@ class DamageDataModule(pl.LightningDataModule):
             DataValidationError: a recording cannot be read, or has other channels.
         """
         # On the accelerator when setup() put the data there; the training data need not be read.
-        waveforms, index, labels, _ = self._load_predict_recordings(path)
-        return WindowBatchLoader(
-            waveforms,
-            index,
-            labels,
-            self.window,
-            batch_size=self.batch_size,
-            device=self._device,
-            with_positions=True,
-        )
+        return self._windows_of(self._load_predict_recordings(path))
 
-    def _load_predict_recordings(
-        self, path: str | Path | None = None
-    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]]:
-        # The same discovery, reading, validation, resampling and windowing as the gateway's
-        # torch-free predictor (damage_lightning.deploy), so both see identical windows.
-        problems: list[Problem] = []
-        waveforms: list[np.ndarray] = []
-        labels: list[int] = []
-        paths: list[str] = []
-        names = self.class_names
-        for spec in find_recordings(path if path is not None else self.hparams.predict_data_dir):
-            try:
-                rec = load_recording(
-                    spec, self.channels, self.sample_rate, self.reader_options, self.window
-                )
-            except DataValidationError as exc:
-                problems.extend(exc.problems)
-                continue
-            waveforms.append(rec.data)
-            labels.append(names.index(spec.label) if spec.label in names else -1)
-            paths.append(spec.relpath)
-        if problems:
-            raise DataValidationError(problems)
-        parts = []
-        for i, w in enumerate(waveforms):
-            starts = window_starts(0, w.shape[1], self.window, self.hop)
-            parts.append(np.stack([np.full(len(starts), i, dtype=np.int64), starts], axis=1))
-        index = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
-        return waveforms, index, np.array(labels, dtype=np.int64), paths
+    def _load_predict_recordings(self, path: str | Path | None = None) -> PredictRecordings:
+        hp = self.hparams
+        return load_predict_recordings(
+            path if path is not None else hp.predict_data_dir, self.channels, self.sample_rate,
+            self.reader_options, self.window, self.hop, self.class_names,
+            (hp.rpm_column, hp.predict_rpm) if hp.order else None,
+        )  # fmt: skip
+
+    def _speeds(self, specs: list[RecordingSpec]) -> np.ndarray | None:
+        """Each recording's rpm (manifest ``rpm_column``) with ``order``, else ``None``."""
+        return recording_speeds(specs, self.hparams.rpm_column) if self.hparams.order else None
 
     # ---------------------------------------------------------------------- spectrograms
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Turn the waveform of each batch into its spectrogram, on the batch's device.
 
-        Training batches are augmented first (:attr:`augment`); no other batch ever is.
+        Training batches are augmented first (:attr:`augment`); no other batch ever is. With
+        ``order`` the rpm (last) goes into the front end (times a window's speed jitter factor)
+        and leaves the batch, which is then what it is without ``order``.
         """
-        waveform, *rest = batch
+        (waveform, *rest), rpm = split_speed(batch, self.hparams.order)
         if self.augment.enabled and self.trainer is not None and self.trainer.training:
-            waveform = self.augment_batch(waveform).waveform
-        return (self.spectrogram(waveform), *rest)
+            augmented = self.augment_batch(waveform)
+            waveform = augmented.waveform
+            rpm = None if rpm is None else rpm * augmented.speed
+        return (self.spectrogram(waveform, rpm), *rest)
 
     def augment_batch(self, waveform: Tensor) -> AugmentedBatch:
         """The training batch now being transferred, augmented with this run's draws.
@@ -740,19 +739,20 @@ class DamageDataModule(pl.LightningDataModule):
         seed = batch_seed(self.hparams.seed, trainer.current_epoch, index, trainer.global_rank)
         return augment(waveform, self.augment, seed)
 
-    def spectrogram(self, waveform: Tensor) -> Tensor:
-        """Normalised log spectrograms ``(B, C, F, T)`` of waveform windows ``(B, C, window)``."""
+    def spectrogram(self, waveform: Tensor, rpm: Tensor | None = None) -> Tensor:
+        """Normalised log spectrograms ``(B, C, F, T)`` of windows ``(B, C, window)`` and rpm."""
         frontend = self._build_frontend()
         if frontend.mean.device != waveform.device:
             frontend.to(waveform.device)
+        rpm = None if rpm is None else rpm.to(waveform.device, torch.float32)
         with torch.autocast(waveform.device.type, enabled=False):
-            return frontend(waveform.float())
+            return frontend(waveform.float(), rpm)
 
     def spectrogram_batch(self, split: str = "train") -> tuple[Tensor, Tensor]:
         """One batch of ``split`` as ``(spectrogram, label)``: the one-call view for notebooks."""
-        loader = self._loader(split, shuffle=False)
-        waveform, label = next(iter(loader))
-        return self.spectrogram(waveform), label
+        batch = next(iter(self._loader(split, shuffle=False)))
+        (waveform, label), rpm = split_speed(batch, self.hparams.order)
+        return self.spectrogram(waveform, rpm), label
 
     def plot_spectrogram(
         self, split: str = "train", index: int = 0, channel: int = 0, ax: Any = None

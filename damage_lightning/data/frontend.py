@@ -23,6 +23,7 @@ from damage_lightning.data.envelope import (
     decimation_factor,
     default_bands,
 )
+from damage_lightning.data.order import NoOrder, OrderResampler
 
 # A channel whose (log) spectrogram does not vary (a flat-lined sensor) has a standard deviation of
 # about zero; it is centred but not scaled, instead of being blown up into NaN or huge values.
@@ -112,6 +113,13 @@ class SpectrogramFrontend(nn.Module):
             ``kind="envelope"``) its moving average over this many rows (odd; edge rows
             repeated): what remains are lines above the smooth background, which is what a
             fault frequency is; ``0`` keeps the spectrum as it is.
+        order: resample the rows to shaft orders ``linspace(0, orders_max, n_orders)`` with each
+            example's speed (``forward(waveform, rpm)``; :class:`damage_lightning.data.order.
+            OrderResampler`), after the training-split normalisation and before
+            ``instance_norm``; for ``kind="stft"`` or ``"envelope"`` (each band on its own).
+        orders_max: with ``order``, the highest order.
+        n_orders: with ``order``, the orders per band (the output's ``F`` is ``bands *
+            n_orders``).
     """
 
     def __init__(
@@ -136,6 +144,9 @@ class SpectrogramFrontend(nn.Module):
         envelope_f_max: float | None = None,
         instance_norm: bool = False,
         whiten: int = 0,
+        order: bool = False,
+        orders_max: float = 50.0,
+        n_orders: int = 256,
     ):
         super().__init__()
         hop_length = n_fft // 4 if hop_length is None else int(hop_length)
@@ -223,13 +234,32 @@ class SpectrogramFrontend(nn.Module):
         # A float, or -1 for "no clamp": TorchScript types the attribute from its value.
         self._top_db = -1.0 if self.top_db is None else self.top_db
 
+        self.order_settings = {
+            "order": bool(order), "orders_max": float(orders_max), "n_orders": int(n_orders)
+        }  # fmt: skip
+        self._order, self._n_orders = bool(order), int(n_orders)
+        self.order: nn.Module = NoOrder()
+        if self._order:
+            if self._mel:
+                raise ValueError(
+                    "order spectra need a linear frequency axis: kind 'stft' or 'envelope', not "
+                    "'mel' (mel bands are not evenly spaced in hertz)"
+                )
+            bins = self._bin_hi - self._bin_lo
+            self.order = OrderResampler(
+                self._bin_lo * self.sample_rate / self.n_fft, self.sample_rate / self.n_fft,
+                bins, self._bands, orders_max, n_orders,
+            )  # fmt: skip
+
         self.register_buffer("mean", torch.zeros(self.n_channels))
         self.register_buffer("std", torch.ones(self.n_channels))
         self.register_buffer("fitted", torch.tensor(False))
 
     @property
     def n_freqs(self) -> int:
-        """Frequency rows ``F`` of the output (mel bands, or kept STFT bins of each band)."""
+        """Rows ``F`` of the output (mel bands, kept STFT bins or orders of each band)."""
+        if self._order:
+            return self._n_orders * self._bands
         return (self._bin_hi - self._bin_lo) * self._bands
 
     def row_frequencies(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -243,7 +273,15 @@ class SpectrogramFrontend(nn.Module):
 
         Returns:
             ``(centre, low, high)``: float64 arrays of ``n_freqs`` values each.
+
+        Raises:
+            ValueError: with ``order`` the rows are shaft orders, whose frequency depends on the
+                speed.
         """
+        if self._order:
+            raise ValueError(
+                "the rows of order spectra are shaft orders, not frequencies (data.order: true)"
+            )
         if self._mel:
             mel = 2595.0 * np.log10(1.0 + np.array([self.f_min, self.f_max]) / 700.0)
             points = np.linspace(mel[0], mel[1], self.n_mels + 2)
@@ -301,7 +339,7 @@ class SpectrogramFrontend(nn.Module):
         background = F.avg_pool2d(padded, (self.whiten, 1), stride=1)
         return (bands - background).reshape(batch, channels, rows, frames)
 
-    def forward(self, waveform: Tensor) -> Tensor:
+    def forward(self, waveform: Tensor, rpm: Tensor | None = None) -> Tensor:
         """Normalised spectrogram.
 
         Normalisation is always applied: before :meth:`fit_normalization` the buffers are the
@@ -309,12 +347,24 @@ class SpectrogramFrontend(nn.Module):
 
         Args:
             waveform: float tensor ``(B, C, T)``.
+            rpm: with ``order``, each example's shaft speed in rpm ``(B,)`` (required);
+                otherwise not used.
+
+        Raises:
+            ValueError: ``order`` is on and no ``rpm`` is given.
 
         Returns:
             float32 tensor ``(B, C, F, frames)`` (see :meth:`output_shape`).
         """
         spec = self.features(waveform)
         spec = (spec - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        if self._order:
+            if rpm is None:
+                raise ValueError(
+                    "this model uses order spectra (data.order: true) and needs each window's "
+                    "shaft speed: pass rpm, shape (batch,), in rev/min"
+                )
+            spec = self.order(spec, rpm)
         if self.instance_norm:
             # In float64: the float32 mean of a constant (flat-lined) channel misses it by a
             # rounding error, which divided by its own size would come out as -1 or 1.
@@ -426,6 +476,7 @@ class SpectrogramFrontend(nn.Module):
             "envelope_f_max": self.envelope_f_max,
             "instance_norm": self.instance_norm,
             "whiten": self.whiten,
+            **self.order_settings,
         }
 
     def extra_repr(self) -> str:

@@ -58,7 +58,8 @@ class WindowBatchLoader:
     """Iterable of batches cut from waveforms without per-window Python work.
 
     Batches are ``(waveform, label)``: float32 ``(B, C, window)`` and int64 ``(B,)``; with
-    ``with_positions`` also the recording index and start sample of each window (int64 ``(B,)``).
+    ``with_positions`` also the recording index and start sample of each window (int64 ``(B,)``);
+    with ``speeds`` last each window's shaft speed (float32 ``(B,)``, its recording's).
 
     Storage modes:
 
@@ -107,6 +108,8 @@ class WindowBatchLoader:
         rank: this process's rank.
         world_size: number of processes sharing the windows.
         pin_memory: in host mode, pin the batch tensors (only when CUDA is available).
+        speeds: one shaft speed (rpm) per recording, yielded last with every window (order
+            spectra); ``None``: no speeds in the batches.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class WindowBatchLoader:
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool = False,
+        speeds: np.ndarray | None = None,
     ):
         if window < 1 or batch_size < 1:
             raise ValueError(f"window and batch_size must be positive, got {window}, {batch_size}")
@@ -157,6 +161,9 @@ class WindowBatchLoader:
         self.waveforms = waveforms
         self.index = index
         self.labels = labels
+        self.speeds = None if speeds is None else np.asarray(speeds, dtype=np.float32)
+        if self.speeds is not None and self.speeds.shape != (n_rec,):
+            raise ValueError(f"need one speed per recording ({n_rec}), got {self.speeds.shape}")
         self.window = int(window)
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -203,6 +210,8 @@ class WindowBatchLoader:
         self._dev_labels = torch.from_numpy(self.labels[recs]).to(self.device)
         self._dev_recs = torch.from_numpy(recs.copy()).to(self.device)
         self._dev_starts = torch.from_numpy(starts.copy()).to(self.device)
+        if self.speeds is not None:
+            self._dev_speeds = torch.from_numpy(self.speeds[recs]).to(self.device)
 
     # -------------------------------------------------------------------------------- order
     @property
@@ -274,6 +283,8 @@ class WindowBatchLoader:
             out: tuple[Tensor, ...] = (wave, self._dev_labels[pos])
             if self.with_positions:
                 out = (*out, self._dev_recs[pos], self._dev_starts[pos])
+            if self.speeds is not None:
+                out = (*out, self._dev_speeds[pos])
             yield out
 
     def _host_batches(self, positions: np.ndarray) -> Iterator[tuple[Tensor, ...]]:
@@ -290,6 +301,8 @@ class WindowBatchLoader:
             out = [torch.from_numpy(wave), torch.from_numpy(self.labels[recs])]
             if self.with_positions:
                 out += [torch.from_numpy(recs.copy()), torch.from_numpy(starts.copy())]
+            if self.speeds is not None:
+                out.append(torch.from_numpy(self.speeds[recs]))
             if pin:
                 out = [t.pin_memory() for t in out]
             yield tuple(out)

@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m damage_lightning.
     )
     parser.add_argument("--tdms-group", help=".tdms files: the group to read")
     parser.add_argument(
+        "--rpm",
+        type=float,
+        help="shaft speed in rpm, for a model with order spectra (recordings whose manifest row "
+        "gives its speed column use that)",
+    )
+    parser.add_argument(
         "--no-sensor-check",
         action="store_true",
         help="skip the sensor-health gate (by default windows overlapping a sensor fault are "
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m damage_lightning.
             options=options,
             keep_windows=args.windows is not None,
             health=not args.no_sensor_check,
+            rpm=args.rpm,
         )
         from damage_lightning.evaluation.health import finding_line
 

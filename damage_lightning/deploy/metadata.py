@@ -35,6 +35,10 @@ ABSTAIN_KEY = "abstain"
 TEMPERATURE_KEY = "temperature"
 #: A classifier's feature-distance gate: the recording-level threshold (JSON number or null).
 DISTANCE_THRESHOLD_KEY = "distance_threshold"
+#: A model with order spectra: the name of its speed input (``rpm``, shaft speed in rev/min) and
+#: the manifest column the speed of each recording is read from.
+SPEED_INPUT_KEY = "speed_input"
+SPEED_COLUMN_KEY = "speed_column"
 
 
 def json_text(obj: Any) -> str:
@@ -106,6 +110,13 @@ class ModelMetadata:
     model_class_path: str | None = None
     version: str = field(default_factory=_package_version)
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def speed_column(self) -> str | None:
+        """The manifest column of the shaft speed, for a model that takes one (else ``None``)."""
+        if SPEED_INPUT_KEY not in self.extra:
+            return None
+        return self.extra.get(SPEED_COLUMN_KEY) or "rpm"
 
     def __post_init__(self) -> None:
         _check_names("class_names", self.class_names)

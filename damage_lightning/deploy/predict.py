@@ -45,6 +45,7 @@ from damage_lightning.evaluation.health import (
 from damage_lightning.io.dataset import load_recording
 from damage_lightning.io.discovery import RecordingSpec, find_recordings
 from damage_lightning.io.readers.base import ReaderOptions
+from damage_lightning.io.speed import recording_speeds
 from damage_lightning.io.windows import window_batches, window_starts
 
 #: Columns of a per-recording table, before one ``p_<class>`` column per class.
@@ -164,6 +165,7 @@ def score_recording(
     batch_size: int,
     keep: bool = False,
     ok: np.ndarray | None = None,
+    rpm: float | None = None,
 ) -> tuple[Decision | None, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]]:
     """Score one recording's windows a batch at a time.
 
@@ -175,6 +177,7 @@ def score_recording(
         keep: also return every batch's ``(starts, probabilities, distances or None)``.
         ok: per window, whether it enters the decision (the sensor-health gate's
             ``WindowHealth.ok``); ``None``: every window.
+        rpm: the recording's shaft speed, for a model with order spectra.
 
     Returns:
         The decision (the model's aggregation rule, abstain floor and distance gate; ``None``
@@ -187,7 +190,7 @@ def score_recording(
     batches = []
     seen = 0
     for starts, windows in window_batches(waveform, meta.window_length, hop, batch_size):
-        out = model.run(windows)
+        out = model.run(windows, rpm)
         probs = out["probabilities"].astype(np.float64)
         distances = out.get("distance") if threshold is not None else None
         if keep:
@@ -210,6 +213,7 @@ def predict(
     options: ReaderOptions | None = None,
     keep_windows: bool = False,
     health: bool = True,
+    rpm: float | None = None,
 ) -> Predictions:
     """Predict every recording under ``data`` (a file or a folder) with an exported model.
 
@@ -225,6 +229,8 @@ def predict(
         keep_windows: also return one row per window.
         health: run the sensor-health gate (against the model's RMS reference when its
             metadata has one) and leave flagged windows out of the decisions.
+        rpm: for a model with order spectra, the shaft speed of recordings whose manifest row
+            (metadata ``speed_column``) gives none, rpm; a row's own speed wins.
 
     Raises:
         DataValidationError: every bad file named, before any file is scored.
@@ -245,6 +251,14 @@ def predict(
             continue
         if not problems:
             loaded.append((spec, rec.data))
+    speeds: list[float | None] = [None] * len(loaded)
+    if model.speed_input is not None and not problems:
+        try:
+            column = meta.speed_column or "rpm"
+            found = recording_speeds([s for s, _ in loaded], column, rpm, "--rpm")
+            speeds = [float(v) for v in found]
+        except DataValidationError as exc:
+            problems.extend(exc.problems)
     if problems:
         raise DataValidationError(problems)
     if is_novelty(meta):
@@ -252,7 +266,7 @@ def predict(
     reference = reference_from_metadata(meta.extra, str(model.path)) if health else None
     _, floor, threshold = decision_rule(meta)
     rows, window_parts, findings = [], [], []
-    for spec, waveform in loaded:
+    for (spec, waveform), speed in zip(loaded, speeds, strict=True):
         found = []
         if health:
             found = check_recording(
@@ -260,7 +274,9 @@ def predict(
             )
         starts = window_starts(0, waveform.shape[1], meta.window_length, hop)
         gate = window_health(found, starts, meta.window_length)
-        decision, batches = score_recording(model, waveform, hop, batch_size, keep_windows, gate.ok)
+        decision, batches = score_recording(
+            model, waveform, hop, batch_size, keep_windows, gate.ok, speed
+        )
         rows.append(gated_row(spec.relpath, spec.label, decision, gate.n_flagged, meta.class_names))
         findings += found
         if keep_windows:

@@ -23,6 +23,7 @@ class OnnxModel:
         metadata: the decoded metadata props.
         input_name: the waveform input.
         output_names: every output, in graph order.
+        speed_input: the shaft-speed input (``rpm``) of a model with order spectra, else ``None``.
     """
 
     path: Path
@@ -30,6 +31,7 @@ class OnnxModel:
     metadata: ModelMetadata
     input_name: str
     output_names: list[str]
+    speed_input: str | None = None
 
     @classmethod
     def load(cls, path: str | Path, providers: list[str] | None = None) -> OnnxModel:
@@ -60,13 +62,40 @@ class OnnxModel:
                     str(path), "", f"the model has no 'probabilities' or 'score' output ({outputs})"
                 )
             )
-        return cls(path, session, metadata, session.get_inputs()[0].name, outputs)
+        inputs = [i.name for i in session.get_inputs()]
+        speed = inputs[1] if len(inputs) > 1 else None
+        return cls(path, session, metadata, inputs[0], outputs, speed)
 
-    def run(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output for float32 waveform windows ``(B, channels, window_length)``."""
-        values = self.session.run(
-            None, {self.input_name: np.ascontiguousarray(windows, np.float32)}
-        )
+    def run(
+        self, windows: np.ndarray, rpm: float | np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every output for float32 waveform windows ``(B, channels, window_length)``.
+
+        Args:
+            windows: the windows.
+            rpm: the shaft speed in rpm, one for all windows or one per window; required by a
+                model with order spectra (:attr:`speed_input`), ignored by others.
+
+        Raises:
+            DataValidationError: the model takes the shaft speed and none is given.
+        """
+        windows = np.ascontiguousarray(windows, np.float32)
+        feed = {self.input_name: windows}
+        if self.speed_input is not None:
+            if rpm is None:
+                column = self.metadata.speed_column
+                raise DataValidationError(
+                    Problem(
+                        str(self.path),
+                        "",
+                        f"the model uses order spectra and needs the shaft speed (input "
+                        f"'{self.speed_input}', rpm): give it (--rpm, or a manifest column "
+                        f"'{column}')",
+                    )
+                )
+            speeds = np.broadcast_to(np.asarray(rpm, np.float32), (len(windows),))
+            feed[self.speed_input] = np.ascontiguousarray(speeds)
+        values = self.session.run(None, feed)
         return dict(zip(self.output_names, (np.asarray(v) for v in values), strict=True))
 
 

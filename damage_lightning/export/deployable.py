@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from damage_lightning.data.order import OrderResampler
+
 INPUT_NAME = "waveform"
 OUTPUT_NAMES = ("logits", "probabilities")
 #: Outputs of a model with an abstain floor: also whether each window is ``unknown``.
@@ -35,6 +37,9 @@ class DeployableModel(nn.Module):
     output_names = OUTPUT_NAMES
     # Plain Python data for the export metadata, not part of the scripted graph.
     __jit_ignored_attributes__: ClassVar[list[str]] = ["metadata_extra"]
+    # ``speed`` (whether the front end takes the shaft speed, order spectra) is a constant for
+    # TorchScript, so a front end without a speed argument is never compiled with one.
+    __constants__: ClassVar[list[str]] = ["speed"]
 
     def __init__(self, frontend: nn.Module, net: nn.Module, temperature: float = 1.0):
         super().__init__()
@@ -42,27 +47,36 @@ class DeployableModel(nn.Module):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         self.frontend = frontend
         self.net = net
+        self.speed = isinstance(getattr(frontend, "order", None), OrderResampler)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         #: Entries a task adds to the export metadata (``ExportSpec.metadata(**extra)``).
         self.metadata_extra: dict[str, Any] = {}
 
-    def scores(self, waveform: Tensor) -> tuple[Tensor, Tensor]:
+    def scores(self, waveform: Tensor, rpm: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Calibrated ``(logits, probabilities)`` of waveform windows (see :meth:`forward`)."""
-        logits = self.net(self.frontend(waveform)).float() / self.temperature
+        logits = self.net(self.frontend_features(waveform, rpm)).float() / self.temperature
         return logits, torch.softmax(logits, dim=-1)
 
-    def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor]:
+    def frontend_features(self, waveform: Tensor, rpm: Tensor | None = None) -> Tensor:
+        """The front end's output; the speed goes in only where the front end takes it."""
+        if self.speed:
+            return self.frontend(waveform, rpm)
+        return self.frontend(waveform)
+
+    def forward(self, waveform: Tensor, rpm: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Classify waveform windows.
 
         Args:
             waveform: float32 ``(B, C, window)``.
+            rpm: float32 ``(B,)`` shaft speed of each window, for a front end with order
+                spectra (which then requires it; the ONNX graph's second input ``rpm``).
 
         Returns:
             ``(logits, probabilities)``, both float32 ``(B, K)``: the network's logits divided
             by the temperature (cast to float32 first when the network runs at lower
             precision) and their softmax, the calibrated probabilities.
         """
-        return self.scores(waveform)
+        return self.scores(waveform, rpm)
 
 
 class AbstainingModel(DeployableModel):
@@ -86,13 +100,16 @@ class AbstainingModel(DeployableModel):
             raise ValueError(f"abstain must be a probability floor in (0, 1), got {abstain!r}")
         self.register_buffer("abstain", torch.tensor(float(abstain)))
 
-    def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, waveform: Tensor, rpm: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``(logits, probabilities, unknown)``; ``unknown`` is boolean ``(B,)``.
 
         Args:
             waveform: float32 ``(B, C, window)``.
+            rpm: float32 ``(B,)`` shaft speeds (order spectra only).
         """
-        logits, probabilities = self.scores(waveform)
+        logits, probabilities = self.scores(waveform, rpm)
         return logits, probabilities, probabilities.amax(dim=-1) < self.abstain
 
 
@@ -158,13 +175,16 @@ class DistanceGatedModel(DeployableModel):
         self.register_buffer("precision", precision.detach().float().clone())
         self.register_buffer("threshold", torch.tensor(float(threshold)))
 
-    def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, waveform: Tensor, rpm: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(logits, probabilities, unknown, distance)``.
 
         Args:
             waveform: float32 ``(B, C, window)``.
+            rpm: float32 ``(B,)`` shaft speeds (order spectra only).
         """
-        features = self.body(self.frontend(waveform))
+        features = self.body(self.frontend_features(waveform, rpm))
         logits = self.head(features).float() / self.temperature
         probabilities = torch.softmax(logits, dim=-1)
         distance = min_mahalanobis(features, self.means, self.precision)
@@ -207,6 +227,33 @@ def example_waveforms(
     noise = 0.3 * torch.randn(batch, channels, window, generator=gen, dtype=torch.float64)
     level = 10 ** (torch.rand(batch, 1, 1, generator=gen, dtype=torch.float64) * 3 - 2)
     return (level * (tones + noise)).to(torch.float32).to(device)
+
+
+def example_speeds(model: nn.Module, batch: int, seed: int = 0) -> Tensor | None:
+    """Seeded shaft speeds ``(B,)`` for a model that takes them (else ``None``).
+
+    They span 0.3 to 1.2 times the speed at which the highest order reaches the highest
+    frequency row, so some orders fall past the spectrum's end, as at a fast shaft.
+
+    Args:
+        model: the deployable module.
+        batch: number of windows ``B``.
+        seed: random seed.
+    """
+    from damage_lightning.data.order import takes_speed
+
+    if not takes_speed(model):
+        return None
+    full = model.frontend.order.full_speed()
+    gen = torch.Generator().manual_seed(seed + 7919)
+    u = torch.rand(batch, generator=gen, dtype=torch.float64)
+    return ((0.3 + 0.9 * u) * full).to(torch.float32).to(device_of(model))
+
+
+def model_inputs(model: nn.Module, waveform: Tensor, seed: int = 0) -> tuple[Tensor, ...]:
+    """The positional inputs of ``model`` for ``waveform``: with the speed when it takes one."""
+    rpm = example_speeds(model, waveform.shape[0], seed)
+    return (waveform,) if rpm is None else (waveform, rpm.to(waveform.device))
 
 
 @contextlib.contextmanager

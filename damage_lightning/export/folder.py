@@ -11,7 +11,8 @@ from typing import Any
 from torch import Tensor
 
 from damage_lightning.artifacts import TMP_PREFIX, atomic_write_json, sha256_file
-from damage_lightning.deploy.metadata import ModelMetadata
+from damage_lightning.data.order import refuse_order
+from damage_lightning.deploy.metadata import SPEED_INPUT_KEY, ModelMetadata
 from damage_lightning.errors import ExportVerificationError
 from damage_lightning.export.deployable import (
     INPUT_NAME,
@@ -90,6 +91,8 @@ def preprocessing_spec(model: DeployableModel, metadata: ModelMetadata) -> dict[
             "layout": "(batch, channels, window): raw samples, channels in the order below",
         },
         "outputs": list(output_names(model)),
+        "speed_input": meta.extra.get(SPEED_INPUT_KEY),
+        "speed_column": meta.speed_column,
         "channels": meta.channels,
         "sample_rate": meta.sample_rate,
         "window_length": meta.window_length,
@@ -139,6 +142,8 @@ def export_all(
         ExportVerificationError: when an export does not reproduce the eager model.
     """
     out_dir = Path(out_dir)
+    if int8 is not None:
+        refuse_order(model, "the int8 export (--export.quantize int8)")
     channels, window = len(metadata.channels), metadata.window_length
     out_dir.mkdir(parents=True, exist_ok=True)
     cpu_model = cpu_float_copy(model)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from damage_lightning.artifacts import atomic_write_bytes
+from damage_lightning.data.order import SPEED_INPUT, takes_speed
 from damage_lightning.deploy.metadata import ModelMetadata
 from damage_lightning.errors import ExportVerificationError
 from damage_lightning.export.deployable import (
@@ -23,6 +24,7 @@ from damage_lightning.export.deployable import (
     device_of,
     eval_mode,
     example_waveforms,
+    model_inputs,
 )
 from damage_lightning.export.verify import output_names, verify
 
@@ -53,7 +55,8 @@ def export_onnx(
     """Export ``model`` to one self-contained ONNX file with a dynamic batch axis and metadata.
 
     The dynamo exporter is used (opset 18 is the first with STFT); the graph's input is
-    ``waveform`` ``(batch, channels, window)`` float32 and its outputs the module's
+    ``waveform`` ``(batch, channels, window)`` float32 (and ``rpm`` ``(batch,)`` float32 for a
+    model with order spectra) and its outputs the module's
     ``output_names`` (``logits`` and ``probabilities`` for a classifier). The file is written
     atomically: a crash leaves the previous file intact.
 
@@ -72,17 +75,17 @@ def export_onnx(
     path = Path(path)
     # Batch 2, not 1: torch.export specialises dimensions of size 0 and 1.
     channels, window = len(metadata.channels), metadata.window_length
-    example = example_waveforms(channels, window, batch=2, device=device_of(model))
+    example = model_inputs(model, example_waveforms(channels, window, 2, device=device_of(model)))
     batch = torch.export.Dim("batch", min=1)
     with eval_mode(model), torch.no_grad(), _quiet_onnx_exporter():
         program = torch.onnx.export(
             model,
-            (example,),
+            example,
             dynamo=True,
             opset_version=opset,
-            input_names=[INPUT_NAME],
+            input_names=input_names(model),
             output_names=list(output_names(model)),
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=tuple({0: batch} for _ in example),
             external_data=False,
             optimize=True,
             verbose=False,
@@ -96,6 +99,11 @@ def export_onnx(
     # Serialised in memory (our models are far below protobuf's 2 GB limit), then written
     # through a temporary file in the same folder and renamed.
     return atomic_write_bytes(path, proto.SerializeToString())
+
+
+def input_names(model: DeployableModel) -> list[str]:
+    """The graph's inputs: ``waveform``, and ``rpm`` for a model with order spectra."""
+    return [INPUT_NAME, SPEED_INPUT] if takes_speed(model) else [INPUT_NAME]
 
 
 def verify_onnx(
@@ -136,15 +144,15 @@ def verify_onnx(
         raise ExportVerificationError(f"{path}: onnxruntime cannot load the model: {exc}") from exc
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    expected = list(output_names(model))
-    if inputs != [INPUT_NAME] or outputs != expected:
+    expected, wanted = list(output_names(model)), input_names(model)
+    if inputs != wanted or outputs != expected:
         raise ExportVerificationError(
-            f"{path}: expected input {[INPUT_NAME]} and outputs {expected}, "
-            f"found {inputs} and {outputs}"
+            f"{path}: expected inputs {wanted} and outputs {expected}, found {inputs} and {outputs}"
         )
 
-    def run(waveform: Tensor) -> list[np.ndarray]:
-        return [np.asarray(o) for o in session.run(expected, {INPUT_NAME: waveform.numpy()})]
+    def run(*tensors: Tensor) -> list[np.ndarray]:
+        feed = {name: t.numpy() for name, t in zip(wanted, tensors, strict=True)}
+        return [np.asarray(o) for o in session.run(expected, feed)]
 
     runtime = f"onnxruntime {ort.__version__}"
     return verify(path, run, model, channels, window, batch_sizes, atol, seed, runtime)

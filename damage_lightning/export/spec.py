@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from damage_lightning.data.order import SPEED_INPUT
 from damage_lightning.deploy.metadata import ModelMetadata
 
 SECTION = "damage_lightning"
@@ -40,6 +41,8 @@ class ExportSpec:
         health_reference: the sensor-health gate's RMS reference fitted on the training data
             (``card.SensorReference`` as JSON values); ``None`` in checkpoints from before the
             gate. It reaches the exported model's metadata as ``evaluation.health.METADATA_KEY``.
+        speed_column: the manifest column of the shaft speed, for a model with order spectra
+            (its second input ``rpm``); ``None`` for a model without a speed input.
     """
 
     model_class_path: str
@@ -51,6 +54,7 @@ class ExportSpec:
     window: int
     hop: int
     health_reference: dict[str, Any] | None = None
+    speed_column: str | None = None
 
     @classmethod
     def of(cls, model: nn.Module, datamodule: Any) -> ExportSpec:
@@ -66,6 +70,7 @@ class ExportSpec:
             window=int(datamodule.window),
             hop=int(datamodule.hop),
             health_reference=_reference_json(getattr(datamodule, "health_reference", None)),
+            speed_column=datamodule.hparams.rpm_column if frontend.settings()["order"] else None,
         )
 
     def to_checkpoint(self) -> dict[str, Any]:
@@ -80,6 +85,7 @@ class ExportSpec:
             "window": int(self.window),
             "hop": int(self.hop),
             "health_reference": self.health_reference,
+            "speed_column": self.speed_column,
         }
 
     @classmethod
@@ -104,6 +110,7 @@ class ExportSpec:
             window=int(section["window"]),
             hop=int(section["hop"]),
             health_reference=section.get("health_reference"),
+            speed_column=section.get("speed_column"),
         )
 
     def metadata(self, **extra: Any) -> ModelMetadata:
@@ -112,11 +119,18 @@ class ExportSpec:
         Args:
             **extra: further entries (JSON-encoded unless text), e.g. from later features.
         """
-        from damage_lightning.deploy.metadata import json_text, jsonable
+        from damage_lightning.deploy.metadata import (
+            SPEED_COLUMN_KEY,
+            SPEED_INPUT_KEY,
+            json_text,
+            jsonable,
+        )
         from damage_lightning.evaluation.health import METADATA_KEY
 
         if self.health_reference is not None:
             extra.setdefault(METADATA_KEY, self.health_reference)
+        if self.speed_column is not None:
+            extra.update({SPEED_INPUT_KEY: SPEED_INPUT, SPEED_COLUMN_KEY: self.speed_column})
         return ModelMetadata(
             class_names=list(self.class_names),
             channels=list(self.channels),

@@ -23,6 +23,7 @@ from damage_lightning.export.deployable import (
     device_of,
     eval_mode,
     example_waveforms,
+    model_inputs,
 )
 from damage_lightning.export.verify import verify
 
@@ -66,7 +67,7 @@ def export_torchscript(
             log.info("TorchScript scripting failed (%s); tracing instead", exc)
             channels, window = len(metadata.channels), metadata.window_length
             example = example_waveforms(channels, window, batch=2, device=device_of(model))
-            compiled = torch.jit.trace(model, (example,), check_trace=False)
+            compiled = torch.jit.trace(model, model_inputs(model, example), check_trace=False)
             how = "traced"
         log.info("TorchScript model %s", how)
         buffer = io.BytesIO()
@@ -110,9 +111,9 @@ def verify_torchscript(
         raise ExportVerificationError(f"{path}: {reason}") from exc
     loaded.eval()
 
-    def run(waveform: Tensor) -> list[np.ndarray]:
+    def run(*inputs: Tensor) -> list[np.ndarray]:
         with torch.no_grad():
-            outputs = loaded(waveform)
+            outputs = loaded(*inputs)
         outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
         return [o.numpy() if not o.is_floating_point() else o.float().numpy() for o in outputs]
 

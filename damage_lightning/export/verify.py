@@ -11,9 +11,16 @@ import torch
 from torch import Tensor, nn
 
 from damage_lightning.errors import ExportVerificationError
-from damage_lightning.export.deployable import OUTPUT_NAMES, device_of, eval_mode, example_waveforms
+from damage_lightning.export.deployable import (
+    OUTPUT_NAMES,
+    device_of,
+    eval_mode,
+    example_waveforms,
+    model_inputs,
+)
 
-Runner = Callable[[Tensor], Sequence[np.ndarray]]
+#: Runs the exported file on ``(waveform,)`` or ``(waveform, rpm)`` (a model with a speed input).
+Runner = Callable[..., Sequence[np.ndarray]]
 
 
 def output_names(model: nn.Module) -> tuple[str, ...]:
@@ -21,9 +28,9 @@ def output_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(model, "output_names", OUTPUT_NAMES))
 
 
-def _eager_outputs(model: nn.Module, waveform: Tensor) -> list[np.ndarray]:
+def _eager_outputs(model: nn.Module, inputs: Sequence[Tensor]) -> list[np.ndarray]:
     with eval_mode(model), torch.no_grad():
-        outputs = model(waveform.to(device_of(model)))
+        outputs = model(*(t.to(device_of(model)) for t in inputs))
     outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
     return [
         o.cpu().numpy() if not o.is_floating_point() else o.float().cpu().numpy() for o in outputs
@@ -97,6 +104,8 @@ def verify(
 ) -> dict[str, Any]:
     """Compare ``run`` (the exported file) with the eager ``model``, one fresh input per batch size.
 
+    A model with a speed input (order spectra) gets fresh seeded speeds with each input too.
+
     Returns:
         ``{"passed", "max_abs_diff" (of probabilities, else of the first output),
         "max_abs_diff_logits" (when there are logits), "max_abs_diff_outputs" (per output),
@@ -109,9 +118,10 @@ def verify(
     worst = dict.fromkeys(names, 0.0)
     for i, batch in enumerate(batch_sizes):
         waveform = example_waveforms(channels, window, int(batch), seed=seed + i)
-        eager = _eager_outputs(model, waveform)
+        inputs = model_inputs(model, waveform, seed=seed + i)
+        eager = _eager_outputs(model, inputs)
         try:
-            exported = run(waveform)
+            exported = run(*(t.cpu() for t in inputs))
         except Exception as exc:
             raise ExportVerificationError(
                 f"{path}: running the exported model at batch size {batch} failed: {exc}"

@@ -339,6 +339,10 @@ def run_attribution(
     opts = AttributionOptions(**(options or {}))
     if not opts.enabled or not isinstance(task, ClassificationTask):
         return None
+    if datamodule.hparams.get("order", False):
+        # Attribution is in hertz; the rows of order spectra are orders of each window's speed.
+        print("attribution: skipped (it is in hertz, and data.order gives spectra in orders)")
+        return None
     try:
         result = attribute(task, datamodule, opts)
         result.write(Path(run_dir) / ATTRIBUTION_FILE)

@@ -196,6 +196,9 @@ class NoveltyDetector(DeployableModel):
     def __init__(
         self, frontend: nn.Module, net: NoveltyNet, metadata_extra: dict | None = None
     ) -> None:
+        from damage_lightning.data.order import refuse_order
+
+        refuse_order(frontend, "the novelty detector")
         super().__init__(frontend, net)
         self.metadata_extra.update(metadata_extra or {})
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from damage_lightning.data.order import split_speed
+
 
 class VerdictMixin:
     """Calibration and distance-gate fitting for a classification task (see the module)."""
@@ -137,8 +139,11 @@ class VerdictMixin:
         self.eval()
         feats, labels, recs = [], [], []
         try:
-            for wave, y, rec, _ in datamodule.waveform_windows(split):
-                x = datamodule.frontend(wave.to(frontend_device)).to(device)
+            order = bool(datamodule.hparams.get("order", False))
+            for batch in datamodule.waveform_windows(split):
+                (wave, y, rec, _), rpm = split_speed(batch, order)
+                rpm = None if rpm is None else rpm.to(frontend_device)
+                x = datamodule.frontend(wave.to(frontend_device), rpm).to(device)
                 feats.append(self.embed(x).float())
                 labels.append(y.to(device))
                 recs.append(rec.to(device))
