@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 # The configs shipped inside the package (``damage_lightning/configs/``, package data).
 CONFIG_DIR = SHIPPED_DIR
-MODEL_TYPES = ("cnn", "resnet")
+#: The shipped model configs a runner call can start from (``configs/<model_type>.yaml``).
+MODEL_TYPES = ("cnn", "resnet", "bearing")
 
 
 @dataclass
@@ -40,7 +41,7 @@ class TrainingResult:
             confusion_matrix), ``calibration`` (temperature, ECE/Brier before and after) and
             ``recording`` (recording- and group-level metrics, the worst-first table).
         duration_s: wall time of the whole run.
-        model_type: ``cnn``, ``resnet`` or the class path of a custom model.
+        model_type: ``cnn``, ``resnet``, ``bearing`` or the class path of a custom model.
     """
 
     run_dir: Path
@@ -94,7 +95,7 @@ def _fit_args(
 def run_training(
     data_path: str | os.PathLike | None,
     save_dir: str | os.PathLike,
-    model_type: Literal["cnn", "resnet"] = "cnn",
+    model_type: Literal["cnn", "resnet", "bearing"] = "cnn",
     config: str | os.PathLike | None = None,
     run_name: str | None = None,
     **overrides: Any,
@@ -104,7 +105,9 @@ def run_training(
     Args:
         data_path: folder of recordings (see the DataModule); ``None`` uses the built-in data.
         save_dir: where run folders are created (``trainer.default_root_dir``).
-        model_type: ``cnn`` or ``resnet`` (selects ``configs/<model_type>.yaml``).
+        model_type: ``cnn``, ``resnet`` or ``bearing`` (selects ``configs/<model_type>.yaml``;
+            ``bearing`` is the recommended config for rotating machinery, whose model section
+            is not a CNN's, so it cannot be stacked on ``cnn.yaml`` as ``config``).
         config: an extra YAML config applied after the model's own (for example
             ``configs/cwru.yaml``).
         run_name: name of the run folder (default ``<model>-<timestamp>``).
@@ -222,7 +225,7 @@ def run_cv(
     data_path: str | os.PathLike | None,
     save_dir: str | os.PathLike,
     by: str,
-    model_type: Literal["cnn", "resnet"] = "cnn",
+    model_type: Literal["cnn", "resnet", "bearing"] = "cnn",
     config: str | os.PathLike | None = None,
     *,
     val_rule: Literal["same", "column", "last_block"] | None = None,
@@ -240,7 +243,9 @@ def run_cv(
         data_path: folder of recordings with a manifest; ``None`` uses the built-in data.
         save_dir: where the cv folder is created (``trainer.default_root_dir``).
         by: the column left out one value at a time (or ``recording``).
-        model_type: ``cnn`` or ``resnet`` (selects ``configs/<model_type>.yaml``).
+        model_type: ``cnn``, ``resnet`` or ``bearing`` (selects ``configs/<model_type>.yaml``;
+            ``bearing`` is the recommended config for rotating machinery, whose model section
+            is not a CNN's, so it cannot be stacked on ``cnn.yaml`` as ``config``).
         config: an extra YAML config applied after the model's own.
         val_rule: ``same`` (default; ``column`` when ``val_by`` is given) or ``last_block``.
         val_by: the column whose values validate (``val_rule="column"``).

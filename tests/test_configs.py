@@ -39,12 +39,12 @@ def _main(args: list[str]) -> tuple[int, str, str]:
 
 def test_the_shipped_configs_are_package_data_and_the_repository_folder():
     assert SHIPPED_DIR == REPO / "damage_lightning" / "configs"
-    assert {"cnn.yaml", "resnet.yaml", "cwru.yaml"} <= set(shipped_configs())
+    assert {"bearing.yaml", "cnn.yaml", "resnet.yaml", "cwru.yaml"} <= set(shipped_configs())
     assert shipped_configs() == sorted(p.name for p in SHIPPED_DIR.glob("*.yaml"))
     # The README's `--config configs/cnn.yaml` (from the repository root) reads the same files.
     assert (REPO / "configs").resolve() == SHIPPED_DIR
     assert shipped_config("cnn.yaml") == SHIPPED_DIR / "cnn.yaml"
-    with pytest.raises(DataValidationError, match=r"shipped configs: cnn\.yaml"):
+    with pytest.raises(DataValidationError, match=r"shipped configs: bearing\.yaml, cnn\.yaml"):
         shipped_config("../pyproject.toml")
 
 

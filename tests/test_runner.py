@@ -64,3 +64,19 @@ def test_bad_arguments_fail_before_work(tmp_path):
     with pytest.raises(DataValidationError, match="does not exist"):
         run_training(tmp_path / "missing", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_bearing_model_type_starts_from_the_recommended_config(tiny_data, cache_dir, tmp_path):
+    # configs/bearing.yaml has no CNN: its linear spectrum model trains, tests and exports like
+    # the others, and what was trained is what the config says.
+    opts = {k: v for k, v in tiny(cache_dir).items() if not k.startswith("model.")}
+    opts.update({"data.window": 512, "data.hop": 256, "data.n_fft": 128, "data.hop_length": 32})
+    result = run_training(tiny_data, tmp_path / "models", model_type="bearing", **opts)
+    assert result.model_type == "bearing"
+    info = json.loads(result.model_info_path.read_text())
+    config = (result.run_dir / "config.yaml").read_text()
+    assert "class_path: damage_lightning.tasks.ClassificationTask" in config
+    assert "backbone: spectrum" in config
+    assert "whiten: 7" in config and "spectrogram: stft" in config
+    assert result.onnx_path is not None and result.onnx_path.is_file()
+    assert 0.0 <= info["test_metrics"]["accuracy"] <= 1.0

@@ -12,9 +12,11 @@ cv folder; one record per fold and one for the mean here):
   stiffness drift) cut into halves; train and validate on one half (last block of each training
   recording validates), test on the other. Target: >= 0.95 in both directions.
 
-The model config is ``--generalisation-config`` (default: the recommended
-``configs/bearing.yaml`` for the bearing sets, ``configs/cnn.yaml`` for the frame) stacked on the
-protocol's data settings. The standard library only at the top; the package is imported inside.
+The model config is ``--cv-config`` (default: the recommended ``configs/bearing.yaml`` for the
+bearing sets, ``configs/cnn.yaml`` for the frame). For the bearing sets it comes after
+``configs/cwru.yaml`` (the data source: sample rate, channels, block splits), so its front end
+wins, and before the protocol's own data options (folder, manifest, channel). The standard
+library only at the top; the package is imported inside.
 """
 
 from __future__ import annotations
@@ -75,14 +77,14 @@ class Protocol:
     met: Callable[[list[float]], bool]
     needs: Path | None = None
     config: str = "configs/bearing.yaml"
+    #: the data source's config, given before the model config (which sets the front end)
+    base: str | None = "configs/cwru.yaml"
     extra: list[str] = field(default_factory=list)
 
 
 def _cwru_args(workdir: Path) -> list[str]:
     manifest = cwru_fault_size_manifest(CWRU, workdir / "cwru_fault_size.csv")
     return [
-        "--config",
-        str(REPO / "configs" / "cwru.yaml"),
         "--data.data_dir",
         str(CWRU),
         "--data.manifest",
@@ -92,8 +94,6 @@ def _cwru_args(workdir: Path) -> list[str]:
 
 def _uestc_args(workdir: Path) -> list[str]:
     return [
-        "--config",
-        str(REPO / "configs" / "cwru.yaml"),
         "--data.data_dir",
         str(UESTC),
         "--data.sample_rate",
@@ -132,6 +132,7 @@ PROTOCOLS = {
         rule="every fold's window accuracy (both directions)",
         met=lambda accs: min(accs) >= 0.95,
         config="configs/cnn.yaml",
+        base=None,
     ),
 }
 
@@ -161,7 +162,9 @@ def bench_generalisation(
             rec.skipped(f"cv_{name}", f"{protocol.needs} is absent")
             continue
         model_config = str(REPO / (config or protocol.config))
+        base = [] if protocol.base is None else ["--config", str(REPO / protocol.base)]
         args = [
+            *base,
             "--config",
             model_config,
             *protocol.data_args(workdir),
