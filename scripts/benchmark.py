@@ -15,6 +15,7 @@ command line that runs them. Figures and their meaning: ``docs/benchmarks.md``.
     python scripts/benchmark.py --only gateway                      # the predictor over 1 h of data
     python scripts/benchmark.py --only novelty --output novelty.jsonl  # issue 11, ~10 min CPU
     python scripts/benchmark.py --only generalisation --output cv.jsonl  # issue 10, cv on 3 sets
+    python scripts/benchmark.py --only options       # issue 10, each option's training-step cost
 
 The Keras comparison runs in a subprocess of ``--keras-python`` (an interpreter with
 ``tensorflow``; default: this one when it can import tensorflow), so torch and TensorFlow never
@@ -61,6 +62,7 @@ from benchmarks.gateway import child_main as gateway_child
 from benchmarks.generalisation import PROTOCOLS, bench_generalisation
 from benchmarks.inference import bench_inference
 from benchmarks.novelty import bench_novelty
+from benchmarks.options import bench_options
 from benchmarks.profiling import profile_train
 from benchmarks.training import (
     TrainSetup,
@@ -73,7 +75,7 @@ from benchmarks.vs_keras import bench_keras, keras_worker
 
 SECTIONS = ("ingest", "frontend", "train", "keras", "inference", "gateway", "e2e")
 # Sections that run only when ``--only`` names them.
-OPTIONAL_SECTIONS = ("ingest_in_process", "novelty", "generalisation")
+OPTIONAL_SECTIONS = ("ingest_in_process", "novelty", "generalisation", "options")
 
 
 def _environment(args: argparse.Namespace, size: Size, device: Any) -> dict[str, Any]:
@@ -200,7 +202,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(SECTIONS),
         help=f"comma list of sections to run: {','.join(SECTIONS)} (the default), and "
         f"{','.join(OPTIONAL_SECTIONS)} (repeated loads in one process; novelty detection on "
-        "the monitoring scenario, CWRU and UESTC)",
+        "the monitoring scenario, CWRU and UESTC; the cv protocols of issue 10; the training-step "
+        "cost of each issue-10 option)",
     )
     # Internal: an ingest measurement in a fresh process, and the Keras worker.
     parser.add_argument(
@@ -406,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         if "gateway" in only and not out_of_time("gateway"):
             with _section(rec, "gateway", errors):
                 bench_gateway(rec, workdir, size.gateway_seconds)
+        if "options" in only:
+            with _section(rec, "options", errors):
+                bench_options(rec, rounds=1 if tiny else 5, steps=1 if tiny else 6)
         if "generalisation" in only:
             with _section(rec, "generalisation", errors):
                 extra = ["--trainer.max_epochs", "2"] if tiny else []

@@ -235,3 +235,32 @@ def test_novelty_section_records_detection_against_the_reference(tmp_path: Path)
     # Without the real data (and at the tiny size) CWRU and UESTC say why they did not run.
     assert names["novelty_cwru_faults_alarmed"][0]["skipped"] is True
     assert names["novelty_uestc"][0]["skipped"] is True
+
+
+def test_options_section_times_every_option_against_the_plain_stft(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = _bench_module("options", monkeypatch)
+    OPTIONS, NO_TARGET, TARGET = options.OPTIONS, options.NO_TARGET, options.TARGET
+
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--size", "tiny", "--only", "options",
+         "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = _by_name([json.loads(line) for line in proc.stdout.strip().splitlines()])
+    assert names["option_step_plain_ms"][0]["value"] > 0
+    for option, settings in OPTIONS.items():
+        record = names[f"option_cost_{option}"][0]
+        assert record["value"] > 0
+        assert record["params"]["options"] == {
+            k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()
+        }
+        if option in NO_TARGET:
+            assert record["target"] is None and record["met"] is None
+        else:
+            assert record["target"] == TARGET and record["met"] == (record["value"] <= TARGET)
+    # The envelope front end changes the network's input; the augmentations do not.
+    assert names["option_cost_envelope"][0]["params"]["input_shape"] != [2, 129, 65]
+    assert names["option_cost_augment_all"][0]["params"]["input_shape"] == [2, 129, 65]
