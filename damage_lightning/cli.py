@@ -192,6 +192,23 @@ def _check_adapt(subcommand: str, adapt: str | None) -> None:
         )
 
 
+def _check_order_exports(subcommand: str, cfg: Any) -> None:
+    """Refuse, before training, an int8 export of a model with order spectra (it has no speed)."""
+    export = cfg.get("export")
+    quantize = export.get("quantize") if export is not None else cfg.get("quantize")
+    data = cfg.get("data")
+    order = bool(data.get("order")) if data is not None else False
+    if quantize == "int8" and order and subcommand in ("fit", "export"):
+        raise DataValidationError(
+            Problem(
+                "command line",
+                "--export.quantize int8" if subcommand == "fit" else "--quantize int8",
+                "the int8 export has no shaft speed input, and data.order: true makes the model "
+                "need one; leave out one of the two",
+            )
+        )
+
+
 def _is_rank_zero() -> bool:
     # Environment, not the trainer: this runs before the trainer exists (DDP workers inherit it).
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
@@ -411,6 +428,7 @@ class DamageCLI(LightningCLI):
         if cfg.get("ckpt_path"):
             _check_checkpoint(Path(cfg.ckpt_path))
         _check_adapt(self.subcommand, cfg.get("adapt"))
+        _check_order_exports(self.subcommand, cfg)
         if cfg.get("rpm") is not None:
             cfg.data.predict_rpm = cfg.rpm
         if run_dir is None and self.subcommand == "fit":

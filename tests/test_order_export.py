@@ -162,3 +162,25 @@ def test_a_tiny_fit_with_order_spectra_through_the_cli(tmp_path: Path, capsys) -
         "--output", str(tmp_path / "pred"),
     ])  # fmt: skip
     assert any((tmp_path / "pred").glob("*.csv"))
+
+
+def test_fit_refuses_an_int8_export_of_order_spectra_before_training(
+    tmp_path: Path, capsys
+) -> None:
+    from conftest import REPO
+
+    from damage_lightning.cli import main
+
+    data = write_machine(tmp_path / "data", {"healthy": ["1200", "1500"], "fault": ["1300"]})
+    root = tmp_path / "models"
+    with pytest.raises(SystemExit) as stop:
+        main([
+            "fit", "--config", str(REPO / "configs" / "cnn.yaml"),
+            "--data.data_dir", str(data), "--data.cache_dir", str(tmp_path / "cache"),
+            "--data.f_max", "null", "--data.order", "true", "--export.quantize", "int8",
+            "--trainer.default_root_dir", str(root), "--run_name", "order",
+        ])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--export.quantize int8" in err and "int8 export has no shaft speed input" in err
+    assert not (root / "order" / "checkpoints").exists()

@@ -159,6 +159,6 @@ def refuse_order(model_or_frontend: nn.Module, what: str) -> None:
     )
     if speed:
         raise ValueError(
-            f"{what} does not pass the shaft speed to the model yet, and this model was trained "
-            "with order spectra (data.order: true); train without data.order for it"
+            f"{what} has no shaft speed to give the model, and this model was trained with "
+            "order spectra (data.order: true), which need it; train without data.order for it"
         )
