@@ -213,6 +213,11 @@ PARITY = [
     pytest.param({"kind": "stft", "n_fft": 256, "instance_norm": True}, id="stft-instance-norm"),
     pytest.param({**WELCH, "instance_norm": True, "stft": "conv"}, id="conv-instance-norm"),
     pytest.param({**WELCH, "instance_norm": True, "whiten": 7}, id="whiten-instance-norm"),
+    # configs/bearing.yaml's front end: a whitened Welch spectrum of the raw waveform.
+    pytest.param(
+        {"kind": "stft", "n_fft": 256, "hop_length": 64, "average_frames": True, "whiten": 7},
+        id="stft-whiten-welch",
+    ),
 ]
 
 
