@@ -193,12 +193,17 @@ def _check_adapt(subcommand: str, adapt: str | None) -> None:
 
 
 def _check_order_exports(subcommand: str, cfg: Any) -> None:
-    """Refuse, before training, an int8 export of a model with order spectra (it has no speed)."""
+    """Refuse, before training, what cannot give a model with order spectra its speed.
+
+    The int8 export and the novelty detector have no shaft-speed input; finding that out at
+    export, after the whole training, would waste the run.
+    """
+    data = cfg.get("data")
+    if data is None or not data.get("order") or subcommand not in ("fit", "export"):
+        return
     export = cfg.get("export")
     quantize = export.get("quantize") if export is not None else cfg.get("quantize")
-    data = cfg.get("data")
-    order = bool(data.get("order")) if data is not None else False
-    if quantize == "int8" and order and subcommand in ("fit", "export"):
+    if quantize == "int8":
         raise DataValidationError(
             Problem(
                 "command line",
@@ -207,6 +212,31 @@ def _check_order_exports(subcommand: str, cfg: Any) -> None:
                 "need one; leave out one of the two",
             )
         )
+    model = cfg.get("model")
+    class_path = model.get("class_path") if hasattr(model, "get") else None
+    if subcommand == "fit" and class_path and _is_novelty_task(str(class_path)):
+        raise DataValidationError(
+            Problem(
+                "command line",
+                "--data.order true",
+                f"the novelty detector ({class_path}) has no shaft speed input; train it "
+                "without data.order",
+            )
+        )
+
+
+def _is_novelty_task(class_path: str) -> bool:
+    """Whether ``class_path`` names the novelty task or a subclass (``False`` if unknown)."""
+    import importlib
+
+    from damage_lightning.tasks.novelty import NoveltyTask
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, NoveltyTask)
 
 
 def _is_rank_zero() -> bool:

@@ -184,3 +184,25 @@ def test_fit_refuses_an_int8_export_of_order_spectra_before_training(
     err = capsys.readouterr().err
     assert "--export.quantize int8" in err and "int8 export has no shaft speed input" in err
     assert not (root / "order" / "checkpoints").exists()
+
+
+def test_fit_refuses_a_novelty_detector_on_order_spectra_before_training(
+    tmp_path: Path, capsys
+) -> None:
+    from conftest import REPO
+
+    from damage_lightning.cli import main
+
+    data = write_machine(tmp_path / "data", {"healthy": ["1200", "1500"], "fault": ["1300"]})
+    root = tmp_path / "models"
+    with pytest.raises(SystemExit) as stop:
+        main([
+            "fit", "--config", str(REPO / "configs" / "novelty.yaml"),
+            "--data.data_dir", str(data), "--data.cache_dir", str(tmp_path / "cache"),
+            "--data.f_max", "null", "--data.order", "true",
+            "--trainer.default_root_dir", str(root), "--run_name", "order",
+        ])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--data.order true" in err and "novelty detector" in err
+    assert not (root / "order" / "checkpoints").exists()
