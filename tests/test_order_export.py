@@ -164,9 +164,19 @@ def test_a_tiny_fit_with_order_spectra_through_the_cli(tmp_path: Path, capsys) -
     assert any((tmp_path / "pred").glob("*.csv"))
 
 
-def test_fit_refuses_an_int8_export_of_order_spectra_before_training(
-    tmp_path: Path, capsys
+@pytest.mark.parametrize(
+    ("config", "extra", "named", "reason"),
+    [
+        ("cnn.yaml", ["--export.quantize", "int8"], "--export.quantize int8",
+         "int8 export has no shaft speed input"),
+        ("novelty.yaml", [], "--data.order true", "novelty detector"),
+    ],
+    ids=["int8", "novelty"],
+)  # fmt: skip
+def test_fit_refuses_what_cannot_take_the_speed_before_training(
+    tmp_path: Path, capsys, config: str, extra: list[str], named: str, reason: str
 ) -> None:
+    # Both would otherwise fail at export, after the whole training.
     from conftest import REPO
 
     from damage_lightning.cli import main
@@ -175,34 +185,12 @@ def test_fit_refuses_an_int8_export_of_order_spectra_before_training(
     root = tmp_path / "models"
     with pytest.raises(SystemExit) as stop:
         main([
-            "fit", "--config", str(REPO / "configs" / "cnn.yaml"),
+            "fit", "--config", str(REPO / "configs" / config),
             "--data.data_dir", str(data), "--data.cache_dir", str(tmp_path / "cache"),
-            "--data.f_max", "null", "--data.order", "true", "--export.quantize", "int8",
+            "--data.f_max", "null", "--data.order", "true", *extra,
             "--trainer.default_root_dir", str(root), "--run_name", "order",
         ])  # fmt: skip
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert "--export.quantize int8" in err and "int8 export has no shaft speed input" in err
-    assert not (root / "order" / "checkpoints").exists()
-
-
-def test_fit_refuses_a_novelty_detector_on_order_spectra_before_training(
-    tmp_path: Path, capsys
-) -> None:
-    from conftest import REPO
-
-    from damage_lightning.cli import main
-
-    data = write_machine(tmp_path / "data", {"healthy": ["1200", "1500"], "fault": ["1300"]})
-    root = tmp_path / "models"
-    with pytest.raises(SystemExit) as stop:
-        main([
-            "fit", "--config", str(REPO / "configs" / "novelty.yaml"),
-            "--data.data_dir", str(data), "--data.cache_dir", str(tmp_path / "cache"),
-            "--data.f_max", "null", "--data.order", "true",
-            "--trainer.default_root_dir", str(root), "--run_name", "order",
-        ])  # fmt: skip
-    assert stop.value.code == 2
-    err = capsys.readouterr().err
-    assert "--data.order true" in err and "novelty detector" in err
+    assert named in err and reason in err
     assert not (root / "order" / "checkpoints").exists()
