@@ -162,6 +162,23 @@ def test_a_tiny_fit_with_order_spectra_through_the_cli(tmp_path: Path, capsys) -
         "--output", str(tmp_path / "pred"),
     ])  # fmt: skip
     assert any((tmp_path / "pred").glob("*.csv"))
+    # A lone recording has no manifest speed: ``predict --rpm`` gives it, and without it the
+    # run stops with a message that asks for the speed.
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copy(data / "healthy_0.csv", single / "healthy_0.csv")
+    lone = [
+        "predict", "--config", str(run / "config.yaml"), "--ckpt_path",
+        str(run / "checkpoints" / "best.ckpt"), "--data.predict_data_dir", str(single),
+        "--data.sample_rate", f"{SR:g}",
+    ]  # fmt: skip
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([*lone, "--output", str(tmp_path / "pred_none")])
+    assert stop.value.code == 2 and "rpm" in capsys.readouterr().err
+    main([*lone, "--rpm", "1200", "--output", str(tmp_path / "pred_rpm")])
+    rows = (tmp_path / "pred_rpm" / "recording_predictions.csv").read_text().splitlines()
+    assert len(rows) == 2 and "healthy_0.csv" in rows[1]
 
 
 @pytest.mark.parametrize(
