@@ -4,9 +4,9 @@ A machine's lines (shaft harmonics, gear meshing, bearing defect frequencies) ar
 of its shaft rate ``f_r = rpm / 60``; on a frequency axis they move with the speed, on an order
 axis (``f / f_r``) they stay put, so a model trained at one speed can read another.
 :class:`OrderResampler` reads each example's spectrogram at ``f = order * f_r`` for a fixed grid
-of orders, by linear interpolation between the two neighbouring frequency rows (a ``gather`` and
-a lerp: no data-dependent shapes, so it scripts with TorchScript and exports to ONNX with the
-speed as a second model input).
+of orders, each the mean of the frequency rows over its order cell (a cumulative sum read at the
+cell's edges with ``gather`` and a lerp: no data-dependent shapes, so it scripts with
+TorchScript and exports to ONNX with the speed as a second model input).
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ class OrderResampler(nn.Module):
 
     The ``F`` rows are ``bands`` stacked spectra (one for ``kind="stft"``, one per demodulation
     band for ``kind="envelope"``), each of ``bins`` rows at ``f_low + k * step`` Hz. Output row
-    ``j`` of each band is that band's spectrum at ``orders[j] * rpm / 60`` Hz, interpolated
-    linearly between the two rows around it; an order whose frequency lies outside the band's
+    ``j`` of each band is that band's spectrum around ``orders[j] * rpm / 60`` Hz: the mean of
+    the rows over the order cell (the spacing of the orders, at this speed, and at least one row
+    wide, which is linear interpolation between the two rows around it where the order grid is
+    finer than the rows); an order whose frequency lies outside the band's
     rows (below ``f_low``, above the highest row, i.e. beyond ``f_max`` or the Nyquist frequency)
     is ``0``, which after the front end's normalisation is the training mean: "nothing known".
     The orders are ``linspace(0, orders_max, n_orders)``.
@@ -58,6 +60,8 @@ class OrderResampler(nn.Module):
         self.n_orders = int(n_orders)
         orders = torch.linspace(0.0, float(orders_max), int(n_orders), dtype=torch.float32)
         self.register_buffer("orders", orders, persistent=False)
+        #: Orders between neighbouring output rows.
+        self._spacing = float(orders_max) / (int(n_orders) - 1)
 
     def full_speed(self) -> float:
         """The rpm at which the highest order reaches the highest frequency row."""
@@ -68,19 +72,38 @@ class OrderResampler(nn.Module):
         """Resample ``spec`` ``(B, C, F, T)`` to orders at each example's speed ``rpm`` ``(B,)``."""
         batch, channels, _, frames = spec.shape
         x = spec.reshape(batch, channels, self.bands, self.bins, frames)
-        freq = self.orders[None, :] * (rpm.to(torch.float32).reshape(-1, 1) / 60.0)
-        pos = (freq - self.f_low) / self.step  # (B, n_orders), in rows
+        shaft = rpm.to(torch.float64).reshape(-1, 1) / 60.0  # (B, 1) Hz
+        pos = (self.orders[None, :].to(torch.float64) * shaft - self.f_low) / self.step
         inside = (pos >= 0.0) & (pos <= float(self.bins - 1))
-        pos = pos.clamp(0.0, float(self.bins - 1))
-        low = torch.floor(pos).clamp(max=float(self.bins - 2))
-        weight = (pos - low).to(spec.dtype)[:, None, None, :, None]
-        index = low.to(torch.int64)[:, None, None, :, None]
-        index = index.expand(batch, channels, self.bands, self.n_orders, frames)
-        below = torch.gather(x, 3, index)
-        above = torch.gather(x, 3, index + 1)
-        out = below + weight * (above - below)
+        # Each output row is the mean of the rows over its own order cell (the grid spacing at
+        # this speed), and at least one row wide: where the grid is finer than the rows this is
+        # linear interpolation between the two rows around it; where it is coarser, a line
+        # between two grid orders still counts (point samples would skip it).
+        half = 0.5 * torch.clamp(self._spacing * shaft / self.step, min=1.0)
+        edge = float(self.bins) - 0.5
+        low = (pos - half).clamp(-0.5, edge)
+        high = (pos + half).clamp(-0.5, edge)
+        # Row i covers [i - 0.5, i + 0.5]: ``total[k]`` is the integral up to k - 0.5, so the
+        # integral up to u is ``total`` interpolated at u + 0.5. Float64: differences of sums.
+        total = torch.cumsum(x.to(torch.float64), dim=3)
+        total = torch.cat([torch.zeros_like(total[:, :, :, :1]), total], dim=3)
+        area = self._integral(total, high) - self._integral(total, low)
+        width = (high - low).clamp(min=1e-9)[:, None, None, :, None]
+        out = (area / width).to(spec.dtype)
         out = torch.where(inside[:, None, None, :, None], out, torch.zeros_like(out))
         return out.reshape(batch, channels, self.bands * self.n_orders, frames)
+
+    def _integral(self, total: Tensor, upto: Tensor) -> Tensor:
+        """``total`` ``(B, C, bands, bins + 1, T)`` read at ``upto + 0.5`` ``(B, n_orders)``."""
+        batch, channels, _, _, frames = total.shape
+        where = upto + 0.5  # in [0, bins]
+        below = torch.floor(where).clamp(max=float(self.bins - 1))
+        weight = (where - below)[:, None, None, :, None]
+        index = below.to(torch.int64)[:, None, None, :, None]
+        index = index.expand(batch, channels, self.bands, self.n_orders, frames)
+        first = torch.gather(total, 3, index)
+        second = torch.gather(total, 3, index + 1)
+        return first + weight * (second - first)
 
     def extra_repr(self) -> str:
         """Settings shown by ``print(module)``."""

@@ -75,8 +75,17 @@ def test_each_example_is_read_at_its_own_speed_alone_or_in_a_batch() -> None:
     torch.testing.assert_close(batch, alone)
 
 
+def _cell_mean(rows: np.ndarray, low: float, high: float) -> float:
+    """Mean of piecewise-constant rows (row i covers [i - 0.5, i + 0.5]) over [low, high]."""
+    edges = np.arange(len(rows) + 1) - 0.5
+    overlap = np.clip(np.minimum(edges[1:], high) - np.maximum(edges[:-1], low), 0.0, None)
+    return float((rows * overlap).sum() / (high - low))
+
+
 def test_orders_beyond_the_spectrum_are_zero_and_inside_it_interpolate_the_rows() -> None:
-    fe = SpectrogramFrontend(SR, 1, kind="stft", n_fft=512, f_max=200.0, **ORDERS)
+    # 0.05 orders are 2 Hz at a 40 Hz shaft, finer than the 3.9 Hz rows: linear interpolation.
+    fine = {**ORDERS, "n_orders": 201}
+    fe = SpectrogramFrontend(SR, 1, kind="stft", n_fft=512, f_max=200.0, **fine)
     freq = fe.features(_tone(50.0))
     spec = fe(_tone(50.0), torch.tensor([2400.0]))  # 40 Hz shaft: the spectrum ends at order 5
     orders = fe.order.orders
@@ -85,6 +94,22 @@ def test_orders_beyond_the_spectrum_are_zero_and_inside_it_interpolate_the_rows(
     j = int(torch.argmin((orders - 2.5).abs()))
     want = freq[0, 0, 25] + 0.6 * (freq[0, 0, 26] - freq[0, 0, 25])
     torch.testing.assert_close(spec[0, 0, j], want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_coarse_order_grid_averages_the_rows_of_each_order_cell() -> None:
+    # Whole orders at a 40 Hz shaft are 10.24 rows apart: each output row is the mean over its
+    # cell, so a line between two grid orders is not skipped. The 50 Hz tone (order 1.25, row
+    # 12.8) lies in the cell of order 1: [5.12, 15.36] rows.
+    coarse = {"order": True, "orders_max": 10.0, "n_orders": 11}
+    fe = SpectrogramFrontend(SR, 1, kind="stft", n_fft=512, f_max=200.0, **coarse)
+    rows = fe.features(_tone(50.0))[0, 0, :, 0].numpy().astype(np.float64)
+    spec = fe(_tone(50.0), torch.tensor([2400.0]))[0, 0, :, 0]
+    per_order = 40.0 / (SR / 512)
+    for order in (1, 2, 3):
+        centre = order * per_order
+        want = _cell_mean(rows, centre - per_order / 2, centre + per_order / 2)
+        assert float(spec[order]) == pytest.approx(want, abs=1e-4)
+    assert int(spec[1:5].argmax()) + 1 == 1  # the tone's cell holds the strongest row
 
 
 def test_envelope_bands_are_resampled_to_orders_each_on_its_own() -> None:
