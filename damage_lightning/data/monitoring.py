@@ -58,7 +58,7 @@ def monitoring_recordings(params: dict[str, Any]) -> Iterator[tuple[str, str, np
             ``healthy_recordings``, ``recordings_per_class`` (per damage class), ``n_samples``,
             ``sample_rate``.
     """
-    from damage_lightning.data.synthetic import simulate_recording
+    from damage_lightning.data.shear_frame import simulate_recording
 
     counts = {HEALTHY: params["healthy_recordings"]}
     counts.update(dict.fromkeys((*STIFFNESS_LOSSES, BUMPER), params["recordings_per_class"]))
