@@ -24,7 +24,7 @@ from damage_lightning.data.health_gate import (
 )
 from damage_lightning.data.novelty_split import plan_novelty_splits
 from damage_lightning.data.order import check_order_options, split_speed
-from damage_lightning.data.predict_data import PredictRecordings, load_predict_recordings
+from damage_lightning.data.predict_data import PredictDataMixin, PredictRecordings
 from damage_lightning.data.prefetch import PrefetchingWindowLoader
 from damage_lightning.data.splits import SplitPlan, plan_splits
 from damage_lightning.data.windows import WindowBatchLoader, build_window_index
@@ -45,7 +45,7 @@ MAX_NORM_WINDOWS = 50_000
 DEVICE_MEMORY_SHARE = 0.25
 
 
-class DamageDataModule(pl.LightningDataModule):
+class DamageDataModule(PredictDataMixin, pl.LightningDataModule):
     """Labelled vibration recordings (CSV, .mat, .tdms, .wav, Parquet) as windows and spectrograms.
 
     With no ``data_dir`` the built-in simulated shear-frame dataset is generated once into the
@@ -522,28 +522,6 @@ class DamageDataModule(pl.LightningDataModule):
             self.health_reference = SensorReference.from_json(reference, where="health_reference")
             self._predict_findings = None
 
-    def predict_findings(self) -> list[list[SensorFinding]]:
-        """The sensor-health findings of each recording of :meth:`predict_recordings`, by index.
-
-        Empty lists with ``health: off``. The recordings of ``predict_data_dir`` are checked
-        against :attr:`health_reference` (the checkpoint's when one was loaded).
-        """
-        if self.hparams.health == "off":
-            return [[] for _ in self.predict_recordings()]
-        if not self.hparams.predict_data_dir:
-            return self._findings
-        if self._predict_findings is None:
-            if self._predict is None:
-                self._predict = self._load_predict_recordings()
-            from damage_lightning.evaluation.health import check_recording
-
-            waveforms, paths = self._predict.waveforms, self._predict.paths
-            self._predict_findings = [
-                check_recording(w, self.channels, p, self.sample_rate, self.health_reference)
-                for w, p in zip(waveforms, paths, strict=True)
-            ]
-        return self._predict_findings
-
     def _choose_device(self) -> torch.device | None:
         """Where batches are cut: on the accelerator when the data fit, else from host memory."""
         mode = self.hparams.device_data
@@ -637,71 +615,6 @@ class DamageDataModule(pl.LightningDataModule):
             split: ``train``, ``val`` or ``test``.
         """
         return self._loader(split, shuffle=False, with_positions=True, host=True)
-
-    def predict_dataloader(self) -> WindowBatchLoader:
-        """Windows to predict, with their recording and start sample.
-
-        Every window of every recording in ``predict_data_dir`` (starts ``0, hop, 2 hop, ...``),
-        or the test split's windows when no ``predict_data_dir`` is set.
-        """
-        if self.dataset is None:
-            self.setup("predict")
-        if self.hparams.predict_data_dir:
-            if self._predict is None:
-                self._predict = self._load_predict_recordings()
-            data = self._predict
-        else:
-            assert self.dataset is not None
-            data = PredictRecordings(
-                self.dataset.waveforms, self.indices["test"], self._labels, [],
-                self._speeds(self.dataset.recordings),
-            )  # fmt: skip
-        return self._windows_of(data)
-
-    def _windows_of(self, data: PredictRecordings) -> WindowBatchLoader:
-        return WindowBatchLoader(
-            data.waveforms,
-            data.index,
-            data.labels,
-            self.window,
-            batch_size=self.batch_size,
-            device=self._device,
-            with_positions=True,
-            speeds=data.speeds,
-        )
-
-    def predict_recordings(self) -> list[tuple[str, str | None]]:
-        """``(path, label or None)``, indexed by the predict batches' ``recording``."""
-        if self.hparams.predict_data_dir:
-            if self._predict is None:
-                self._predict = self._load_predict_recordings()
-            pairs = zip(self._predict.paths, self._predict.labels, strict=True)
-            return [(p, self.class_names[i] if i >= 0 else None) for p, i in pairs]
-        assert self.dataset is not None
-        return [(r.relpath, r.label) for r in self.dataset.recordings]
-
-    def recording_windows(self, path: str | Path) -> WindowBatchLoader:
-        """Every window of the recordings at ``path``, read and cut exactly as predict data are.
-
-        What test-time BatchNorm adaptation (``--adapt``) runs on; batches are
-        ``(waveform, label, recording, start)`` with label ``-1`` where the data name none.
-
-        Args:
-            path: a folder of recordings (sub-folders, a manifest) or one recording file.
-
-        Raises:
-            DataValidationError: a recording cannot be read, or has other channels.
-        """
-        # On the accelerator when setup() put the data there; the training data need not be read.
-        return self._windows_of(self._load_predict_recordings(path))
-
-    def _load_predict_recordings(self, path: str | Path | None = None) -> PredictRecordings:
-        hp = self.hparams
-        return load_predict_recordings(
-            path if path is not None else hp.predict_data_dir, self.channels, self.sample_rate,
-            self.reader_options, self.window, self.hop, self.class_names,
-            (hp.rpm_column, hp.predict_rpm) if hp.order else None,
-        )  # fmt: skip
 
     def _speeds(self, specs: list[RecordingSpec]) -> np.ndarray | None:
         """Each recording's rpm (manifest ``rpm_column``) with ``order``, else ``None``."""
