@@ -165,10 +165,14 @@ def split_speed(batch: Sequence[Tensor], order: bool) -> tuple[list[Tensor], Ten
     return (items[:-1], items[-1]) if order else (items, None)
 
 
+def has_order(frontend: nn.Module | None) -> bool:
+    """Whether a spectrogram front end resamples to orders (and so needs the shaft speed)."""
+    return isinstance(getattr(frontend, "order", None), OrderResampler)
+
+
 def takes_speed(model: nn.Module) -> bool:
     """Whether a deployable model (front end + network) needs the shaft speed as an input."""
-    frontend = getattr(model, "frontend", None)
-    return isinstance(getattr(frontend, "order", None), OrderResampler)
+    return has_order(getattr(model, "frontend", None))
 
 
 def refuse_order(model_or_frontend: nn.Module, what: str) -> None:
@@ -177,10 +181,7 @@ def refuse_order(model_or_frontend: nn.Module, what: str) -> None:
     Raises:
         ValueError: the model (or front end) has order spectra.
     """
-    speed = takes_speed(model_or_frontend) or isinstance(
-        getattr(model_or_frontend, "order", None), OrderResampler
-    )
-    if speed:
+    if takes_speed(model_or_frontend) or has_order(model_or_frontend):
         raise ValueError(
             f"{what} has no shaft speed to give the model, and this model was trained with "
             "order spectra (data.order: true), which need it; train without data.order for it"

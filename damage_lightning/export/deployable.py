@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from damage_lightning.data.order import OrderResampler
+from damage_lightning.data.order import has_order
 
 INPUT_NAME = "waveform"
 OUTPUT_NAMES = ("logits", "probabilities")
@@ -47,7 +47,7 @@ class DeployableModel(nn.Module):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         self.frontend = frontend
         self.net = net
-        self.speed = isinstance(getattr(frontend, "order", None), OrderResampler)
+        self.speed = has_order(frontend)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         #: Entries a task adds to the export metadata (``ExportSpec.metadata(**extra)``).
         self.metadata_extra: dict[str, Any] = {}
