@@ -365,3 +365,37 @@ def test_gateway_cli_names_findings_and_uses_the_models_rms_reference(model_and_
     frame = pd.read_csv(out).set_index("path")
     assert frame.loc["d_loud.csv", "predicted_label"] == "sensor_fault"
     assert frame.loc["a_clean.csv", "predicted_label"] in CLASSES
+
+
+@pytest.mark.slow
+def test_a_process_that_read_a_csv_and_closed_its_model_exits_cleanly(model_and_file, tmp_path):
+    # pyarrow's thread pool, once used to parse a buffer, made a process that then closed an
+    # onnxruntime session abort at exit (SIGABRT) about one run in ten: the gateway's exit code
+    # 2 on bad input became -6. The readers now parse in their own, joined threads.
+    _, onnx_path = model_and_file
+    csv = tmp_path / "rec.csv"
+    _recording(300, 9).to_csv(csv, index=False)
+    code = (
+        "import sys\n"
+        "from damage_lightning.deploy.session import OnnxModel\n"
+        "from damage_lightning.io.readers.base import ReaderOptions\n"
+        "from damage_lightning.io.readers.csv import CsvReader\n"
+        "model = OnnxModel.load(sys.argv[1])\n"
+        "CsvReader().read(sys.argv[2], 'rec.csv', ReaderOptions())\n"
+        "del model\n"
+        "sys.exit(2)\n"
+    )
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    codes = []
+    for _ in range(12):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(onnx_path), str(csv)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(2)
+        ]
+        codes += [(p.wait(timeout=60), p.stderr.read().decode()) for p in procs]
+    assert [c for c in codes if c[0] != 2] == []

@@ -27,9 +27,13 @@ from damage_lightning.io.readers.text import open_text
 #: as pyarrow cuts it (a line longer than a block is an error). The first block also decides
 #: the type of the columns read without one (the time column).
 BLOCK_SIZE = 1 << 20
-# A text of at most this many blocks is parsed in one piece, by pyarrow's threads ...
-_PIECE_BLOCKS = 8
+# A text of at most this many blocks is parsed in one piece ...
+_PIECE_BLOCKS = 1
 # ... a longer one a block at a time, this many blocks at once (by as many threads, at most).
+# pyarrow's own thread pool is never used: a process that parsed a buffer with it and then
+# closed an onnxruntime session aborted at exit ("terminate called without an active
+# exception", SIGABRT) in about one run in five (apache/arrow#34314); our threads are joined
+# before a read returns.
 _MAX_WORKERS = 4
 # Samples estimated from the first lines' lengths, times this, are allocated up front.
 _CAPACITY_MARGIN = 1.1
@@ -223,13 +227,12 @@ class Layout:
         """The columns parsed; the others are skipped."""
         return self.channels + self.unnamed + ([self.time] if self.time else [])
 
-    def options(self, types: dict, header: bool = True, threads: bool = True) -> dict[str, Any]:
-        """Keyword arguments of ``pyarrow.csv.read_csv``.
+    def options(self, types: dict, header: bool = True) -> dict[str, Any]:
+        """Keyword arguments of ``pyarrow.csv.read_csv`` (serial: see ``_PIECE_BLOCKS``).
 
         Args:
             types: pyarrow type by column; the others are inferred.
             header: whether the text starts with the header line (skipped).
-            threads: whether pyarrow parses the blocks of the text in parallel.
         """
         import pyarrow.csv as pacsv
 
@@ -237,7 +240,7 @@ class Layout:
             "read_options": pacsv.ReadOptions(
                 column_names=self.names,
                 skip_rows=int(header),
-                use_threads=threads,
+                use_threads=False,
                 block_size=BLOCK_SIZE,
             ),
             "parse_options": pacsv.ParseOptions(delimiter=self.delimiter),
@@ -309,7 +312,7 @@ def blocks(fh: io.BufferedReader) -> Iterator[memoryview]:
 def batches(path: Path, display: str, layout: Layout, types: dict) -> Iterator[Any]:
     """The file's record batches: a short text in one piece, a longer one a block at a time.
 
-    A text of at most ``_PIECE_BLOCKS`` blocks is parsed whole by pyarrow's own threads. A
+    A text of at most ``_PIECE_BLOCKS`` blocks is parsed in one piece. A
     longer one is cut as pyarrow cuts it (:func:`blocks`, so the rows are the same) and parsed
     by a few threads while the next blocks are read; a column without a type in ``types`` gets
     the type pyarrow infers from the first block, as when it reads the whole text (a later block
@@ -327,8 +330,8 @@ def batches(path: Path, display: str, layout: Layout, types: dict) -> Iterator[A
         yield from parse(memoryview(text), layout.options(types)).to_batches()
         return
     del text
-    first = layout.options(types, threads=False)
-    rest = layout.options(types, header=False, threads=False)
+    first = layout.options(types)
+    rest = layout.options(types, header=False)
     first_types: list[Any] | None = None
     parsing: deque[tuple[memoryview, Future]] = deque()
 
@@ -341,7 +344,7 @@ def batches(path: Path, display: str, layout: Layout, types: dict) -> Iterator[A
             first_types = found
         elif found != first_types:
             typed = dict(zip(layout.include, first_types, strict=True))
-            table = parse(block, layout.options(typed, header=False, threads=False))
+            table = parse(block, layout.options(typed, header=False))
         return table.to_batches()
 
     workers = max(1, min(_MAX_WORKERS, os.cpu_count() or 1))
