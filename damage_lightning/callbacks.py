@@ -6,17 +6,23 @@ What is not a callback (the end-of-fit model card, exports and report; predictio
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from damage_lightning.artifacts import atomic_write_json
+from damage_lightning.artifacts import TMP_PREFIX, atomic_write_json
 from damage_lightning.errors import DataValidationError, Problem
 
 log = logging.getLogger(__name__)
@@ -25,14 +31,22 @@ HISTORY_KEYS = ("train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "v
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose ``last.ckpt`` is always the latest completed epoch.
+    """ModelCheckpoint whose ``last.ckpt`` is always the latest completed epoch, written once.
 
     Lightning 2.6 writes ``last.ckpt`` only in a step where it also writes a top-k checkpoint (a
     new best), so after epochs without improvement it lags behind, and ``--ckpt_path last`` would
     resume a killed run from its best epoch and lose the epochs after it. This saves it at the end
     of every epoch, in ModelCheckpoint's own hook and code path (after EarlyStopping has updated
-    its state; every rank takes part, so distributed runs stay in step). Arguments are
-    ModelCheckpoint's.
+    its state; every rank takes part, so distributed runs stay in step).
+
+    In an epoch that improves, the top-k file (``best.ckpt``) and ``last.ckpt`` hold the same
+    state; ``last.ckpt`` is then a hard link to it instead of a second copy (a copy where the
+    folder cannot hold hard links), which halves the bytes written in such an epoch. Every file
+    is written under a temporary name in its own folder and renamed over the old one, so a link
+    is never written through, and a killed write leaves the old file whole (Lightning's own
+    save goes through the system's temporary folder, and copies into the old file where that
+    is another file system). Folders on remote file systems get Lightning's plain saves.
+    Arguments are ModelCheckpoint's.
     """
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -54,6 +68,61 @@ class RunCheckpoint(ModelCheckpoint):
             and not self._should_skip_saving_checkpoint(trainer)
         ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        """Lightning's save under a temporary name in the same folder, renamed over ``filepath``."""
+        if not _is_local_file_protocol(filepath):
+            super()._save_checkpoint(trainer, filepath)
+            return
+        partial = _partial_path(filepath)
+        if trainer.is_global_zero:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)  # left by a killed run (perhaps a link: never written through)
+        trainer.save_checkpoint(partial, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        trainer.strategy.barrier("RunCheckpoint._save_checkpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def _save_last_checkpoint(
+        self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]
+    ) -> None:
+        """``last.ckpt`` as a hard link to the top-k file written at this step, if there is one."""
+        source = self._last_checkpoint_saved
+        filepath = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        if not (
+            self.save_last is True
+            and not self._enable_version_counter
+            and source
+            and self._last_global_step_saved == trainer.global_step
+            and os.path.abspath(source) != os.path.abspath(filepath)
+            and _is_local_file_protocol(filepath)
+        ):
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+            return
+        previous, self.last_model_path = self.last_model_path, filepath
+        if trainer.is_global_zero:
+            partial = _partial_path(filepath)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+            try:
+                os.link(source, partial)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(source, partial)
+            os.replace(partial, filepath)
+        trainer.strategy.barrier("RunCheckpoint._save_last_checkpoint")
+        if previous and self._should_remove_checkpoint(trainer, previous, filepath):
+            self._remove_checkpoint(trainer, previous)
+
+
+def _partial_path(filepath: str) -> str:
+    """Where a checkpoint is written before it is renamed to ``filepath`` (same folder)."""
+    folder, name = os.path.split(filepath)
+    return os.path.join(folder, f"{TMP_PREFIX}{name}.partial")
 
 
 class RunArtifacts(Callback):
