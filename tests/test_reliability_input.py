@@ -243,6 +243,23 @@ def _binary(root: Path, arrays: dict) -> None:
     (root / "cracked/rec1.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00" + data)
 
 
+def _comment_lines(root: Path, arrays: dict) -> None:
+    path = root / "cracked/rec1.csv"
+    path.write_text("# exported by logger v2\n# rate: 1 kHz\n" + path.read_text())
+
+
+def _separator_hint(root: Path, arrays: dict) -> None:
+    path = root / "cracked/rec1.csv"
+    path.write_text("sep=,\n" + path.read_text())
+
+
+# Lines before the header: (case id, builder, the reason the message gives).
+PREAMBLES = [
+    ("comment_lines_before_header", _comment_lines, "metadata line ('# exported by logger v2')"),
+    ("separator_hint_line", _separator_hint, "separator hint ('sep=,')"),
+]
+
+
 def _gzip_without_extension(root: Path, arrays: dict) -> None:
     path = root / "cracked/rec1.csv"
     path.write_bytes(gzip.compress(path.read_bytes()))
@@ -378,6 +395,7 @@ CASES = [
         ("cracked/rec1.csv", "duplicate column names", "'acc_x' in columns 2, 3"),
     ),
     Case("binary_named_csv", _binary, "error", ("cracked/rec1.csv", "binary content")),
+    *[Case(n, build, "error", ("cracked/rec1.csv", "row 1", why)) for n, build, why in PREAMBLES],
     Case(
         "unreadable_permissions",
         _unreadable,

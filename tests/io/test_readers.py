@@ -406,3 +406,14 @@ def test_missing_library_says_what_to_install(tmp_path, monkeypatch):
     path = write_v73(tmp_path / "r.mat", {"x": noise(50)})
     monkeypatch.setitem(sys.modules, "h5py", None)
     assert "pip install h5py" in problem_of(path).reason
+
+
+def test_a_header_starting_with_a_comment_mark_is_still_a_header(tmp_path):
+    # "#time,a,b" has as many fields as the rows under it: a header, not a comment line.
+    path = tmp_path / "hash.csv"
+    path.write_text("#time,a,b\n0,1,2\n0.001,1,2\n0.002,3,4\n")
+    raw = reader_for(path, path.name).read(path, path.name, ReaderOptions())
+    assert raw.channels == ["#time", "a", "b"]
+    path.write_text("% logger 2\n#time,a,b\n0,1,2\n")
+    with pytest.raises(DataValidationError, match=r"hash.csv \(row 1\).*'% logger 2'"):
+        reader_for(path, path.name).read(path, path.name, ReaderOptions())

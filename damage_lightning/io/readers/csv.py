@@ -90,6 +90,25 @@ def _looks_numeric(text: str) -> bool:
     return bool(_NUMBER.match(text))
 
 
+#: How a line of comments or metadata written before the header by logging software starts.
+COMMENT_STARTS = ("#", "%", "//")
+
+
+def _first_uncommented(raw: bytes) -> str:
+    """The first later line that is neither blank nor a comment (latin-1: any bytes decode)."""
+    lines = raw.decode("latin-1").splitlines()[1:]
+    return next((ln for ln in lines if ln.strip() and not _is_comment(ln)), "")
+
+
+def _is_comment(line: str) -> bool:
+    return line.lstrip().startswith(COMMENT_STARTS)
+
+
+def _fields(line: str) -> int:
+    """How many fields ``line`` splits into with its own likely delimiter."""
+    return len(next(csv.reader([line], delimiter=sniff_delimiter(line)), []))
+
+
 def _parse_header(raw: bytes, display: str) -> tuple[list[str], str]:
     """Check that ``raw`` is CSV text and return ``(column names, delimiter)``."""
     if NON_SPACE.search(raw) is None:
@@ -109,6 +128,21 @@ def _parse_header(raw: bytes, display: str) -> tuple[list[str], str]:
         raise fail(display, "not a text CSV file (control characters in the first line)")
     if not line.strip():
         raise fail(display, "the first line is empty; expected a header row naming the channels")
+    if _is_comment(line) and _fields(line) != _fields(_first_uncommented(raw)):
+        shown = line.strip() if len(line.strip()) <= 40 else line.strip()[:37] + "..."
+        raise fail(
+            display,
+            f"the file starts with a comment or metadata line ({shown!r}); remove the lines "
+            "before the header row naming the channels",
+            "row 1",
+        )
+    if line.strip().lower().startswith("sep="):
+        raise fail(
+            display,
+            f"the first line is a spreadsheet's separator hint ({line.strip()!r}); remove it so "
+            "the header row naming the channels comes first",
+            "row 1",
+        )
     delimiter = sniff_delimiter(line)
     names = [n.strip() for n in next(csv.reader([line], delimiter=delimiter))]
     if all(_looks_numeric(n) for n in names if n):
