@@ -27,6 +27,7 @@ _EXPORTS = {
     "TrainingResult": "damage_lightning.runner",
     "load_from_checkpoint": "damage_lightning.export",
     "DataValidationError": "damage_lightning.errors",
+    "ConfigError": "damage_lightning.errors",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from damage_lightning.artifacts import (
     TMP_PREFIX,
@@ -34,6 +35,7 @@ from damage_lightning.callbacks import AdaptBatchNorm, RunArtifacts
 from damage_lightning.config_files import resolve_config_args
 from damage_lightning.data.datamodule import DamageDataModule
 from damage_lightning.errors import (
+    ConfigError,
     DataValidationError,
     ExportVerificationError,
     OutputLocationError,
@@ -63,7 +65,7 @@ ATTRIBUTION_HELP = {
     "band_hz": "Band width in Hz of the report's heatmap (default: at most 32 bands).",
     "reference": "Healthy class of the baseline (default: one named undamaged, healthy, ...).",
 }
-USER_ERRORS = (DataValidationError, OutputLocationError, ExportVerificationError)
+USER_ERRORS = (DataValidationError, OutputLocationError, ExportVerificationError, ConfigError)
 ADAPT_SUBCOMMANDS = ("test", "predict", "export")
 
 
@@ -278,6 +280,13 @@ def _check_checkpoint(file: Path) -> None:
         ) from None
 
 
+def _first_cause(exc: BaseException) -> str:
+    """The message of the exception at the bottom of ``exc``'s chain of causes, on one line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _remove_stale_temp_files(run_dir: Path) -> None:
     # A run killed in the middle of an atomic write leaves its temporary file; the resumed run
     # rewrites every such file, so the leftovers are only clutter that looks like data.
@@ -430,6 +439,21 @@ class DamageCLI(LightningCLI):
         if ckpt and Path(ckpt).is_file():
             _check_checkpoint(Path(ckpt))
         super()._parse_ckpt_path()
+
+    def instantiate_classes(self) -> None:
+        """Build the data module, model and trainer; a value they refuse is a ConfigError.
+
+        The classes check their arguments (a window of -5 samples, a dropout of 2, an
+        accelerator this machine lacks) with ``ValueError`` or Lightning's
+        ``MisconfigurationException``, which jsonargparse may wrap; the message of the first
+        cause names the setting, and becomes one line instead of a traceback.
+        """
+        try:
+            super().instantiate_classes()
+        except USER_ERRORS:
+            raise
+        except (ValueError, MisconfigurationException) as exc:
+            raise ConfigError(f"invalid setting: {_first_cause(exc)}") from exc
 
     # ------------------------------------------------------------------ run folder
     def before_instantiate_classes(self) -> None:

@@ -52,6 +52,14 @@ class DataValidationError(ValueError):
         return f"{len(self.problems)} problems in the data:\n  " + "\n  ".join(lines)
 
 
+class ConfigError(ValueError):
+    """A setting that cannot work (the message names it and the reason).
+
+    The command line raises it when building the configured data module, model or trainer
+    fails on a value of the config; it prints the message as one line and exits with status 2.
+    """
+
+
 class ExportVerificationError(RuntimeError):
     """An exported model does not load or does not reproduce the eager model's output."""
 

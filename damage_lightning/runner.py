@@ -119,6 +119,8 @@ def run_training(
 
     Raises:
         ValueError: unknown ``model_type``.
+        ConfigError: an override the data module, model or trainer refuses (a ValueError
+            naming the setting), before any training.
         DataValidationError: missing data path, or bad data (before any training).
         OutputLocationError: ``save_dir`` cannot be written.
     """

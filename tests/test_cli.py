@@ -381,3 +381,32 @@ def test_bf16_mixed_precision_trains_and_exports(tiny_args, capsys):
     assert info["trainer"]["precision"] == "bf16-mixed"
     assert (run / info["attribution"]["path"]).is_file()  # explained in float32 all the same
     assert info["exports"]["onnx"]["verification"]["passed"] is True
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (["--data.window", "-5"], "data.window must be at least 2 samples, got -5"),
+        (["--data.batch_size", "0"], "data.batch_size must be positive, got 0"),
+        (["--data.n_fft", "1024"], "too short for n_fft=1024"),
+        (["--model.dropout", "2"], "dropout must be in [0, 1), got 2.0"),
+        (["--trainer.accelerator", "gpu"], "No supported gpu backend found"),
+    ],
+    ids=["window", "batch_size", "n_fft", "dropout", "accelerator"],
+)
+def test_a_setting_the_classes_refuse_is_one_line_and_exit_2(
+    setting, message, tiny_data, cache_dir, tmp_path, capsys
+):
+    if "gpu" in setting and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the accelerator is valid here")
+    root = tmp_path / "models"
+    args = ["fit", "--config", CNN, *tiny_overrides(tiny_data, root, cache_dir)]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, *tiny_model(CNN), "--run_name", "bad", *setting])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = next(ln for ln in err.splitlines() if ln.startswith("error: "))
+    assert line.startswith("error: invalid setting: ") and message in line
+    # Nothing was trained: the run folder made for it is gone, so the name can be used again.
+    assert not (root / "bad").exists()

@@ -227,6 +227,8 @@ class DamageDataModule(PredictDataMixin, pl.LightningDataModule):
             raise ValueError("data.val_fraction + data.test_fraction must leave data for training")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be 0 or more, got {num_workers}")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
         self.window = int(window)
         #: What the training batches go through before the front end (all off by default).
         self.augment = AugmentSettings(
