@@ -21,6 +21,8 @@ class Problem:
 
     def __str__(self) -> str:
         where = f" ({self.location})" if self.location else ""
+        if not self.file and not where:  # a setting, not a file: the reason alone
+            return self.reason
         return f"{self.file}{where}: {self.reason}"
 
 

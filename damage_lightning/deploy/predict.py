@@ -239,7 +239,14 @@ def predict(
     meta = model.metadata
     hop = meta.hop if hop is None else int(hop)
     if hop <= 0 or batch_size <= 0:
-        raise DataValidationError(Problem("", "", "hop and batch size must be positive integers"))
+        raise DataValidationError(
+            Problem(
+                "",
+                "",
+                f"hop and batch size must be positive integers, got hop {hop}, "
+                f"batch size {batch_size}",
+            )
+        )
     specs = find_recordings(data)
     problems: list[Problem] = []
     loaded: list[tuple[RecordingSpec, np.ndarray]] = []

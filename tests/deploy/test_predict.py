@@ -20,6 +20,7 @@ from torch import nn
 from damage_lightning.deploy import cli
 from damage_lightning.deploy.predict import predict, score_recording
 from damage_lightning.deploy.session import OnnxModel
+from damage_lightning.errors import DataValidationError
 from damage_lightning.export import DeployableModel, ModelMetadata, export_onnx
 
 CHANNELS = ["base", "floor 1", "étage"]
@@ -399,3 +400,12 @@ def test_a_process_that_read_a_csv_and_closed_its_model_exits_cleanly(model_and_
         ]
         codes += [(p.wait(timeout=60), p.stderr.read().decode()) for p in procs]
     assert [c for c in codes if c[0] != 2] == []
+
+
+def test_a_bad_hop_or_batch_size_is_named_with_its_value(model_and_file, dataset):
+    _, onnx_path = model_and_file
+    csv = dataset / "undamaged" / "rec_a.csv"
+    with pytest.raises(DataValidationError) as exc:
+        predict(onnx_path, csv, hop=0)
+    message = "hop and batch size must be positive integers, got hop 0, batch size 64"
+    assert str(exc.value) == message
