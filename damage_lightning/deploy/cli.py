@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
 from damage_lightning.artifacts import atomic_write_bytes
-from damage_lightning.errors import DataValidationError
+from damage_lightning.errors import DataValidationError, Problem
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m damage_lightning.deploy") -> int:
@@ -61,13 +62,27 @@ def main(argv: list[str] | None = None, prog: str = "python -m damage_lightning.
             print(f"sensor health: {finding_line(finding)}", file=sys.stderr)
         text = to_csv_bytes(result.recordings)
         if args.windows is not None and result.windows is not None:
-            atomic_write_bytes(args.windows, to_csv_bytes(result.windows))
+            _write(args.windows, to_csv_bytes(result.windows))
         if args.output is None:
             sys.stdout.write(text.decode("utf-8"))
         else:
-            atomic_write_bytes(args.output, text)
+            _write(args.output, text)
     except (DataValidationError, OSError) as exc:
         message = " ".join(str(exc).split())
         print(f"{Path(prog.split()[-1]).name}: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write an output CSV atomically; a path that cannot be written is named with the reason."""
+    if path.is_dir():
+        raise DataValidationError(Problem(str(path), "", "is a folder; give a file name"))
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+            reason = "a file stands where its folder should be"
+        problem = Problem(str(path), "", f"cannot write the CSV ({reason})")
+        raise DataValidationError(problem) from exc

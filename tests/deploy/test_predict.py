@@ -409,3 +409,20 @@ def test_a_bad_hop_or_batch_size_is_named_with_its_value(model_and_file, dataset
         predict(onnx_path, csv, hop=0)
     message = "hop and batch size must be positive integers, got hop 0, batch size 64"
     assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_an_output_path_that_cannot_be_written_is_named(
+    model_and_file, dataset, tmp_path, capsys, where
+):
+    _, onnx_path = model_and_file
+    csv = dataset / "undamaged" / "rec_a.csv"
+    (tmp_path / "a_file").write_text("keep")
+    out = tmp_path if where == "folder" else tmp_path / "a_file" / "out.csv"
+    code = cli.main([str(onnx_path), str(csv), "--output", str(out)])
+    assert code == 2
+    reason = "is a folder" if where == "folder" else "a file stands where its folder should be"
+    err = capsys.readouterr().err
+    assert f"error: {out}: " in err and reason in err
+    assert (tmp_path / "a_file").read_text() == "keep"
+    assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
