@@ -191,16 +191,18 @@ def test_sigint_saves_last_checkpoint_and_says_how_to_resume(tiny_data, cache_di
     last = root / "r" / "checkpoints" / "last.ckpt"
     marker = tmp_path / "paused.json"
     # Held in the middle of epoch 2's training (epochs 0 and 1 have their checkpoints).
+    # Ctrl-C's default action, even when this test runs under a launcher that ignores SIGINT
+    # (a shell's background job, nohup): an ignored SIGINT is inherited and would never arrive.
     proc = subprocess.Popen(
         [sys.executable, "-m", "damage_lightning", *args, *_pause_args(marker, 2, "train_batch")],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         _wait_for(marker, proc)
         before = checkpoint_state(last)
         proc.send_signal(signal.SIGINT)
-        # Generous: the interrupted run saves last.ckpt and shuts down; a loaded machine is slow.
-        _out, err = proc.communicate(timeout=300)
+        _out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
