@@ -126,20 +126,21 @@ def _parse_header(raw: bytes, display: str) -> tuple[list[str], str]:
         line = line_b.decode("latin-1")
     if any(ord(c) < 32 and c != "\t" for c in line):
         raise fail(display, "not a text CSV file (control characters in the first line)")
-    if not line.strip():
+    stripped = line.strip()
+    if not stripped:
         raise fail(display, "the first line is empty; expected a header row naming the channels")
     if _is_comment(line) and _fields(line) != _fields(_first_uncommented(raw)):
-        shown = line.strip() if len(line.strip()) <= 40 else line.strip()[:37] + "..."
+        shown = stripped if len(stripped) <= 40 else stripped[:37] + "..."
         raise fail(
             display,
             f"the file starts with a comment or metadata line ({shown!r}); remove the lines "
             "before the header row naming the channels",
             "row 1",
         )
-    if line.strip().lower().startswith("sep="):
+    if stripped.lower().startswith("sep="):
         raise fail(
             display,
-            f"the first line is a spreadsheet's separator hint ({line.strip()!r}); remove it so "
+            f"the first line is a spreadsheet's separator hint ({stripped!r}); remove it so "
             "the header row naming the channels comes first",
             "row 1",
         )

@@ -27,13 +27,12 @@ from damage_lightning.io.readers.text import open_text
 #: as pyarrow cuts it (a line longer than a block is an error). The first block also decides
 #: the type of the columns read without one (the time column).
 BLOCK_SIZE = 1 << 20
-# A text of at most this many blocks is parsed in one piece ...
-_PIECE_BLOCKS = 1
-# ... a longer one a block at a time, this many blocks at once (by as many threads, at most).
 # pyarrow's own thread pool is never used: a process that parsed a buffer with it and then
 # closed an onnxruntime session aborted at exit ("terminate called without an active
 # exception", SIGABRT) in about one run in five (apache/arrow#34314); our threads are joined
-# before a read returns.
+# before a read returns. A text of at most this many blocks is parsed in one piece ...
+_PIECE_BLOCKS = 1
+# ... a longer one a block at a time, this many blocks at once (by as many threads, at most).
 _MAX_WORKERS = 4
 # Samples estimated from the first lines' lengths, times this, are allocated up front.
 _CAPACITY_MARGIN = 1.1
