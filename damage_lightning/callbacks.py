@@ -23,6 +23,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
+from damage_lightning import heap
 from damage_lightning.artifacts import TMP_PREFIX, atomic_write_json
 from damage_lightning.errors import DataValidationError, Problem
 
@@ -287,6 +288,39 @@ class RunArtifacts(Callback):
                     "monitor": cb.monitor,
                 }
         atomic_write_json(self.history_path, history)
+
+
+class ReuseFreedMemory(Callback):
+    """Around a ``fit`` on the CPU, keep freed memory in the heap for the next step.
+
+    See :mod:`damage_lightning.heap` (glibc only; ``DAMAGE_LIGHTNING_HEAP=system`` switches it
+    off). The settings are undone when ``fit`` ends, also when it fails or is interrupted.
+    Every task brings this callback itself (``configure_callbacks``), so a ``Trainer`` built in
+    a notebook gets it as well.
+    """
+
+    def __init__(self) -> None:
+        self._active = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Raise the heap's thresholds for a ``fit`` on the CPU (after the data are loaded)."""
+        if stage == "fit" and not self._active and trainer.strategy.root_device.type == "cpu":
+            self._active = heap.keep_freed_memory()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Give the free memory back and restore the thresholds."""
+        self._release()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """The same when ``fit`` fails or is interrupted."""
+        self._release()
+
+    def _release(self) -> None:
+        if self._active:
+            self._active = False
+            heap.release_freed_memory()
 
 
 class AdaptBatchNorm(Callback):

@@ -114,6 +114,16 @@ class BaseTask(LightningModule, ABC):
         """Compile the network (when ``compile`` is on) before training or evaluation starts."""
         self._network()
 
+    def configure_callbacks(self) -> list[Any]:
+        """The callbacks every task brings: :class:`~damage_lightning.callbacks.ReuseFreedMemory`.
+
+        It keeps freed memory in the heap during a CPU ``fit`` (1.2-1.3x faster training steps,
+        :mod:`damage_lightning.heap`), also for a ``Trainer`` built by hand.
+        """
+        from damage_lightning.callbacks import ReuseFreedMemory
+
+        return [ReuseFreedMemory()]
+
     def __getstate__(self) -> dict[str, Any]:
         # A compiled callable does not pickle or deep-copy; it is rebuilt on the next forward.
         state = super().__getstate__()
