@@ -16,6 +16,7 @@ command line that runs them. Figures and their meaning: ``docs/benchmarks.md``.
     python scripts/benchmark.py --only novelty --output novelty.jsonl  # issue 11, ~10 min CPU
     python scripts/benchmark.py --only generalisation --output cv.jsonl  # issue 10, cv on 3 sets
     python scripts/benchmark.py --only options       # issue 10, each option's training-step cost
+    python scripts/benchmark.py --quick --only heap  # what keeping freed memory gains a CPU step
 
 The Keras comparison runs in a subprocess of ``--keras-python`` (an interpreter with
 ``tensorflow``; default: this one when it can import tensorflow), so torch and TensorFlow never
@@ -60,6 +61,7 @@ from benchmarks.frontend import bench_frontend
 from benchmarks.gateway import bench_gateway
 from benchmarks.gateway import child_main as gateway_child
 from benchmarks.generalisation import PROTOCOLS, bench_generalisation
+from benchmarks.heap import bench_heap
 from benchmarks.inference import bench_inference
 from benchmarks.novelty import bench_novelty
 from benchmarks.options import bench_options
@@ -75,7 +77,7 @@ from benchmarks.vs_keras import bench_keras, keras_worker
 
 SECTIONS = ("ingest", "frontend", "train", "keras", "inference", "gateway", "e2e")
 # Sections that run only when ``--only`` names them.
-OPTIONAL_SECTIONS = ("ingest_in_process", "novelty", "generalisation", "options")
+OPTIONAL_SECTIONS = ("ingest_in_process", "novelty", "generalisation", "options", "heap")
 
 
 def _environment(args: argparse.Namespace, size: Size, device: Any) -> dict[str, Any]:
@@ -203,7 +205,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma list of sections to run: {','.join(SECTIONS)} (the default), and "
         f"{','.join(OPTIONAL_SECTIONS)} (repeated loads in one process; novelty detection on "
         "the monitoring scenario, CWRU and UESTC; the cv protocols of issue 10; the training-step "
-        "cost of each issue-10 option)",
+        "cost of each issue-10 option; what keeping freed memory gains a CPU training step)",
     )
     # Internal: an ingest measurement in a fresh process, and the Keras worker.
     parser.add_argument(
@@ -409,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
         if "gateway" in only and not out_of_time("gateway"):
             with _section(rec, "gateway", errors):
                 bench_gateway(rec, workdir, size.gateway_seconds)
+        if "heap" in only and args.device == "cpu":
+            with _section(rec, "heap", errors):
+                bench_heap(rec, size, kinds, rounds=2 if tiny else 5, steps=1 if tiny else 4)
+        elif "heap" in only:
+            rec.skipped("train_step_heap_speedup", "the heap setting is for the CPU: --device cpu")
         if "options" in only:
             with _section(rec, "options", errors):
                 bench_options(rec, rounds=1 if tiny else 5, steps=1 if tiny else 6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,14 @@ def test_tiny_run_measures_every_section(tmp_path: Path) -> None:
         runs = zip(ours["runs_windows_per_s"], plain["runs_windows_per_s"], strict=True)
         got = [o / p for o, p in runs]
         assert wall == pytest.approx(got, rel=1e-2)
+        # The A/A noise floor: each side's second run against its first.
+        noise = names[f"train_ratio_ours_plain_{tag}"][0]["noise_floor"]
+        same = [s["runs_windows_per_s"][1] / s["runs_windows_per_s"][0] for s in (ours, plain)]
+        assert noise["ratios"] == pytest.approx(same, rel=1e-2)
+        assert noise["median_abs_dev"] == pytest.approx(
+            sorted(abs(r - 1) for r in same)[0] / 2 + sorted(abs(r - 1) for r in same)[1] / 2,
+            abs=2e-3,
+        )
         assert params["precision"] == "bf16-mixed" and params["channels_last"] is True
         assert params["compile"] == tag.endswith("compiled")
         assert params["train_windows_per_epoch"] > 0 and params["input_shape"] == [2, 64, 65]
@@ -237,19 +246,24 @@ def test_novelty_section_records_detection_against_the_reference(tmp_path: Path)
     assert names["novelty_uestc"][0]["skipped"] is True
 
 
+def _tiny_section(section: str, workdir: Path) -> dict[str, list[dict]]:
+    """The records of one optional section at size tiny on the CPU, by name."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--size", "tiny", "--only", section,
+         "--workdir", str(workdir)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _by_name([json.loads(line) for line in proc.stdout.strip().splitlines()])
+
+
 def test_options_section_times_every_option_against_the_plain_stft(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     options = _bench_module("options", monkeypatch)
     OPTIONS, NO_TARGET, TARGET = options.OPTIONS, options.NO_TARGET, options.TARGET
 
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--size", "tiny", "--only", "options",
-         "--workdir", str(tmp_path / "work")],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    names = _by_name([json.loads(line) for line in proc.stdout.strip().splitlines()])
+    names = _tiny_section("options", tmp_path / "work")
     assert names["option_step_plain_ms"][0]["value"] > 0
     for option, settings in OPTIONS.items():
         record = names[f"option_cost_{option}"][0]
@@ -264,3 +278,15 @@ def test_options_section_times_every_option_against_the_plain_stft(
     # The envelope front end changes the network's input; the augmentations do not.
     assert names["option_cost_envelope"][0]["params"]["input_shape"] != [2, 129, 65]
     assert names["option_cost_augment_all"][0]["params"]["input_shape"] == [2, 129, 65]
+
+
+def test_heap_section_times_steps_with_and_without_the_heap_kept(tmp_path: Path) -> None:
+    names = _tiny_section("heap", tmp_path / "work")
+    for kind in ("cnn", "resnet"):
+        record = names[f"train_step_heap_speedup_{kind}"][0]
+        rounds = record["rounds_wall"]
+        assert len(rounds) == record["params"]["rounds"] == 2
+        assert record["value"] == pytest.approx(statistics.median(rounds), abs=1e-3)
+        assert set(record["step_ms"]) == set(record["page_faults_per_step"]) == {"system", "kept"}
+        assert all(v > 0 for v in record["step_ms"].values())
+    assert not list((tmp_path / "work").glob("generated-*"))

@@ -244,8 +244,24 @@ def run_plain(
 ) -> tuple[list[float], list[float]]:
     """A plain PyTorch loop over the same network, windows, batch, precision and epochs.
 
-    ``profiler`` (a ``cProfile.Profile``) is enabled for each epoch, inside its time stamps.
+    On the CPU it runs with the heap setting our ``fit`` uses (freed memory kept for reuse,
+    :mod:`damage_lightning.heap`), so the ratio compares the training loops, not the allocator;
+    ``bench_heap`` measures what that setting gains. ``profiler`` (a ``cProfile.Profile``) is
+    enabled for each epoch, inside its time stamps.
     """
+    from damage_lightning import heap
+
+    kept = setup.device.type == "cpu" and heap.keep_freed_memory()
+    try:
+        return _plain_epochs(setup, kind, compiled, profiler)
+    finally:
+        if kept:
+            heap.release_freed_memory()
+
+
+def _plain_epochs(
+    setup: TrainSetup, kind: str, compiled: bool, profiler: Any
+) -> tuple[list[float], list[float]]:
     import torch
     import torch.nn.functional as F
 
@@ -371,6 +387,20 @@ def spread(values: list[float]) -> dict[str, Any]:
             "pairs": [rounded(v) for v in values]}  # fmt: skip
 
 
+def noise_floor(ours: list[float], plain: list[float]) -> dict[str, Any]:
+    """How much a ratio moves with no change of code: consecutive runs of the same side.
+
+    ``ratios`` are run ``k+1`` / run ``k`` of ours and of plain (an A/A comparison two runs apart,
+    from the same interleaved runs); ``median_abs_dev`` is the median of ``|ratio - 1|``, the
+    size a pair's ours/plain ratio moves by from the machine alone.
+    """
+    ratios = [b / a for side in (ours, plain) for a, b in itertools.pairwise(side)]
+    if not ratios:
+        return {"ratios": [], "median_abs_dev": None}
+    return {"ratios": [rounded(r) for r in ratios],
+            "median_abs_dev": rounded(statistics.median(abs(r - 1.0) for r in ratios))}  # fmt: skip
+
+
 @dataclass
 class Pairs:
     """Interleaved runs of one comparison: ours, plain, ours, plain, ... (ABAB).
@@ -423,7 +453,8 @@ def bench_train(rec: Recorder, setup: TrainSetup, kinds: list[str], compile_mode
             for side, runs, what in (
                 ("ours", pairs.ours, "Trainer.fit with DamageDataModule, callbacks, logger, "
                                      "progress bar"),
-                ("plain", pairs.plain, "plain PyTorch loop, windows in memory on the device"),
+                ("plain", pairs.plain, "plain PyTorch loop, windows in memory on the device, "
+                                       "heap kept on the CPU as in ours"),
             ):  # fmt: skip
                 wall = [windows_per_s(n_train, w, compiled) for w, _ in runs]
                 cpu = [windows_per_s(n_train, c, compiled) for _, c in runs]
@@ -445,7 +476,9 @@ def bench_train(rec: Recorder, setup: TrainSetup, kinds: list[str], compile_mode
                 stats = spread(ratios)
                 rec.emit(f"{name}_{tag}", stats["median"], "ratio", params, target=target,
                          met=at_least(stats["median"], target), **stats,
+                         noise_floor=noise_floor(speeds["ours"][i], speeds["plain"][i]),
                          note=f"value: median over the pairs of ours / plain windows per "
                               f"{clock} second (this process's CPU seconds for CPU time); "
-                              "min, max, iqr (quartiles) and pairs give the spread")  # fmt: skip
+                              "min, max, iqr (quartiles) and pairs give the spread; "
+                              "noise_floor: how two runs of the same code differ here")  # fmt: skip
     return ours_speed, models
