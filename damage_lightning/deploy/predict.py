@@ -45,7 +45,7 @@ from damage_lightning.evaluation.health import (
 from damage_lightning.io.dataset import load_recording
 from damage_lightning.io.discovery import RecordingSpec, find_recordings
 from damage_lightning.io.readers.base import ReaderOptions
-from damage_lightning.io.speed import recording_speeds
+from damage_lightning.io.speed import check_speed, recording_speeds
 from damage_lightning.io.windows import window_batches, window_starts
 
 #: Columns of a per-recording table, before one ``p_<class>`` column per class.
@@ -247,6 +247,8 @@ def predict(
                 f"batch size {batch_size}",
             )
         )
+    if rpm is not None:  # wrong for any model, also one that does not use it
+        rpm = check_speed(rpm, "--rpm")
     specs = find_recordings(data)
     problems: list[Problem] = []
     loaded: list[tuple[RecordingSpec, np.ndarray]] = []

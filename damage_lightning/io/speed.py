@@ -11,6 +11,27 @@ from damage_lightning.errors import DataValidationError, Problem
 from damage_lightning.io.discovery import RecordingSpec
 
 
+def check_speed(value: object, name: str) -> float:
+    """``value`` as a shaft speed in rpm: a finite number above zero.
+
+    Args:
+        value: the speed given (a number, or text from a command line).
+        name: how the user gave it (e.g. ``"--rpm"``), named in the error.
+
+    Raises:
+        DataValidationError: the value is not a positive, finite number.
+    """
+    try:
+        speed = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        speed = math.nan
+    if isinstance(value, bool) or not (math.isfinite(speed) and speed > 0):
+        raise DataValidationError(
+            Problem("", "", f"{name} must be a positive shaft speed in rpm, got {value!r}")
+        )
+    return speed
+
+
 def recording_speeds(
     specs: Sequence[RecordingSpec],
     column: str = "rpm",
@@ -35,6 +56,8 @@ def recording_speeds(
         DataValidationError: naming each recording whose speed is missing, not a number or not
             positive, and the column.
     """
+    if default is not None:
+        default = check_speed(default, fallback or "the default speed")
     speeds = np.empty(len(specs), dtype=np.float32)
     problems = []
     where = f"column '{column}'"

@@ -426,3 +426,21 @@ def test_an_output_path_that_cannot_be_written_is_named(
     assert f"error: {out}: " in err and reason in err
     assert (tmp_path / "a_file").read_text() == "keep"
     assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("rpm", ["-5", "0", "nan", "inf"])
+def test_a_speed_that_is_not_a_positive_rpm_is_refused_for_any_model(
+    model_and_file, dataset, tmp_path, capsys, rpm
+):
+    # This model has no order spectra and would not use the speed, but a negative, zero or
+    # NaN shaft speed is a mistake in the command, said before anything is scored or written.
+    _, onnx_path = model_and_file
+    out = tmp_path / "out.csv"
+    code = cli.main([str(onnx_path), str(dataset), "--rpm", rpm, "--output", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"error: --rpm must be a positive shaft speed in rpm, got {float(rpm)!r}")
+    assert "\n" not in err and "Traceback" not in err
+    assert not out.exists()
+    with pytest.raises(DataValidationError, match="positive shaft speed"):
+        predict(onnx_path, dataset, rpm=float(rpm))
