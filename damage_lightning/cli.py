@@ -194,6 +194,20 @@ def _check_adapt(subcommand: str, adapt: str | None) -> None:
         )
 
 
+def _check_training_length(subcommand: str, trainer: Any) -> None:
+    """Refuse a ``fit`` that would train nothing (and then test and export untrained weights)."""
+    if subcommand != "fit":
+        return
+    for name in ("max_epochs", "max_steps", "limit_train_batches"):
+        value = trainer.get(name)
+        if value is not None and not isinstance(value, bool) and value == 0:
+            raise ConfigError(
+                f"invalid setting: trainer.{name} is 0: fit would train nothing and then test "
+                "and export an untrained model; give at least 1 (or use the export "
+                "subcommand on a trained checkpoint)"
+            )
+
+
 def _check_order_exports(subcommand: str, cfg: Any) -> None:
     """Refuse, before training, what cannot give a model with order spectra its speed.
 
@@ -482,6 +496,7 @@ class DamageCLI(LightningCLI):
         if cfg.get("ckpt_path"):
             _check_checkpoint(Path(cfg.ckpt_path))
         _check_adapt(self.subcommand, cfg.get("adapt"))
+        _check_training_length(self.subcommand, cfg.trainer)
         _check_order_exports(self.subcommand, cfg)
         if cfg.get("rpm") is not None:
             cfg.data.predict_rpm = cfg.rpm

@@ -391,8 +391,10 @@ def test_bf16_mixed_precision_trains_and_exports(tiny_args, capsys):
         (["--data.n_fft", "1024"], "too short for n_fft=1024"),
         (["--model.dropout", "2"], "dropout must be in [0, 1), got 2.0"),
         (["--trainer.accelerator", "gpu"], "No supported gpu backend found"),
+        (["--trainer.max_epochs", "0"], "trainer.max_epochs is 0: fit would train nothing"),
+        (["--trainer.limit_train_batches", "0"], "trainer.limit_train_batches is 0"),
     ],
-    ids=["window", "batch_size", "n_fft", "dropout", "accelerator"],
+    ids=["window", "batch_size", "n_fft", "dropout", "accelerator", "no_epochs", "no_batches"],
 )
 def test_a_setting_the_classes_refuse_is_one_line_and_exit_2(
     setting, message, tiny_data, cache_dir, tmp_path, capsys
