@@ -251,6 +251,26 @@ def test_tdms_unequal_lengths_and_increments_are_errors(tmp_path):
     assert "different sample intervals" in problem_of(mixed).reason
 
 
+@pytest.mark.parametrize("keep", [10, 100, 300, -10])
+def test_a_cut_tdms_file_is_named_as_cut_short_and_nothing_is_printed(tmp_path, capfd, keep):
+    # An acquisition or copy that stopped early: before the first segment's metadata is whole
+    # (10, 100 bytes) nothing can be read; inside the data (300, all but 10 bytes) the channels
+    # are left with unequal lengths (one of them empty at 300).
+    whole = write_tdms(tmp_path / "whole.tdms", {"g": {"a": noise(2000), "b": noise(2000)}})
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.tdms"
+    cut.write_bytes(data[:keep])
+    reason = problem_of(cut).reason
+    assert "the file is cut short (its last segment is incomplete)" in reason
+    if keep > 100 or keep < 0:
+        assert "differ in length" in reason and "'a'" in reason and "'b'" in reason
+    else:
+        assert "not one complete data segment" in reason
+    # npTDMS's own warnings about it do not reach the console (the gateway prints one line).
+    assert "nptdms" not in capfd.readouterr().err
+    assert reader_for(whole).read(whole, "whole.tdms", NONE).data.shape == (2, 2000)
+
+
 # --------------------------------------------------------------------------------- .wav
 
 
