@@ -253,10 +253,16 @@ def _separator_hint(root: Path, arrays: dict) -> None:
     path.write_text("sep=,\n" + path.read_text())
 
 
+def _cr_line_endings(root: Path, arrays: dict) -> None:
+    path = root / "cracked/rec1.csv"
+    path.write_bytes(path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r"))
+
+
 # Lines before the header: (case id, builder, the reason the message gives).
 PREAMBLES = [
     ("comment_lines_before_header", _comment_lines, "metadata line ('# exported by logger v2')"),
     ("separator_hint_line", _separator_hint, "separator hint ('sep=,')"),
+    ("cr_only_line_endings", _cr_line_endings, "classic Mac OS line endings"),
 ]
 
 

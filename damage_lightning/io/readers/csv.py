@@ -124,6 +124,13 @@ def _parse_header(raw: bytes, display: str) -> tuple[list[str], str]:
     except UnicodeDecodeError:
         # Spreadsheet exports on Windows write the header in cp1252 / latin-1.
         line = line_b.decode("latin-1")
+    if "\r" in line:
+        raise fail(
+            display,
+            "lines end in a carriage return alone (classic Mac OS line endings); save the file "
+            "with LF or CRLF line endings (e.g. tr '\\r' '\\n' < old.csv > new.csv)",
+            "row 1",
+        )
     if any(ord(c) < 32 and c != "\t" for c in line):
         raise fail(display, "not a text CSV file (control characters in the first line)")
     stripped = line.strip()
