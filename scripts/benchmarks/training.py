@@ -356,12 +356,6 @@ def choose_memory_format(setup: TrainSetup, kind: str, mode: str) -> None:
     setup.format_probe[kind] = {"cpu_seconds_per_step": results}
 
 
-def throughput(windows: int, epoch_seconds: list[float]) -> float:
-    """Windows per second over the epochs after the first (the excluded warm-up)."""
-    measured = epoch_seconds[1:]
-    return windows * len(measured) / sum(measured)
-
-
 def warmup_epochs(compiled: bool) -> int:
     """Epochs run before the measured ones in each run: one for ``torch.compile``, else none.
 
