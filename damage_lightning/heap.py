@@ -26,6 +26,7 @@ Nothing changes on other C libraries (macOS, Windows, musl) or with
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -51,6 +52,12 @@ def _glibc() -> ctypes.CDLL | None:
     """The process's glibc, or ``None`` elsewhere (or when switched off by :data:`ENV_VAR`)."""
     if os.environ.get(ENV_VAR, "").strip().lower() == "system":
         return None
+    return _load_glibc()
+
+
+@functools.cache
+def _load_glibc() -> ctypes.CDLL | None:
+    """The C library of this process if it is glibc (looked up once)."""
     try:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018  (glibc only: musl and others lack it)

@@ -21,15 +21,23 @@ def check_speed(value: object, name: str) -> float:
     Raises:
         DataValidationError: the value is not a positive, finite number.
     """
-    try:
-        speed = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        speed = math.nan
-    if isinstance(value, bool) or not (math.isfinite(speed) and speed > 0):
+    speed = _positive_speed(value)
+    if speed is None:
         raise DataValidationError(
             Problem("", "", f"{name} must be a positive shaft speed in rpm, got {value!r}")
         )
     return speed
+
+
+def _positive_speed(value: object) -> float | None:
+    """``value`` as a finite number above zero, or ``None`` (also for text that is no number)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        speed = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return speed if math.isfinite(speed) and speed > 0 else None
 
 
 def recording_speeds(
@@ -77,11 +85,8 @@ def recording_speeds(
                 )
             )
             continue
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
+        value = _positive_speed(text)
+        if value is None:
             problems.append(
                 Problem(spec.relpath, where, f"shaft speed {text!r} is not a positive rpm value")
             )
